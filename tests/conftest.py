@@ -1,0 +1,124 @@
+"""Shared fixtures: the pack imported as a package, real-face clips, synthesised speech, a models folder.
+
+All offline and deterministic. Media fixtures are made once per session in a temp folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "joygen_pack"
+
+
+def _import_pack():
+    """Import the repository root as the package ComfyUI would load (relative imports in nodes/)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The node pack as ComfyUI imports it (``joygen_pack.nodes...``)."""
+    return _import_pack()
+
+
+# ---------------------------------------------------------------- real faces
+
+
+def _template_webp(name: str) -> Path:
+    try:
+        import comfyui_workflow_templates_media_video as media
+    except ImportError:
+        pytest.skip("comfyui-workflow-templates-media-video is not installed")
+    base = Path(media.__file__).parent
+    hits = list(base.rglob(name))
+    if not hits:
+        pytest.skip(f"{name} not found in comfyui-workflow-templates-media-video")
+    return hits[0]
+
+
+def webp_frames(name: str = "video_wan2_1_infinitetalk-1.webp", max_frames: int | None = None) -> np.ndarray:
+    """Frames of an animated WebP of a real-looking talking person, uint8 [T,H,W,3]."""
+    from PIL import Image, ImageSequence
+
+    img = Image.open(_template_webp(name))
+    frames = []
+    for i, frame in enumerate(ImageSequence.Iterator(img)):
+        if max_frames is not None and i >= max_frames:
+            break
+        frames.append(np.asarray(frame.convert("RGB")))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
+def face_frames() -> np.ndarray:
+    """A real talking face, uint8 [T,350,350,3] (T about 45-69)."""
+    return webp_frames()
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+# ---------------------------------------------------------------- speech
+
+
+def synth_speech(path: Path, text: str = "Hello, this is a test of the lip sync pipeline.") -> Path:
+    exe = shutil.which("espeak-ng") or shutil.which("espeak")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run([exe, "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> Path:
+    """A few seconds of synthesised English speech (22.05 kHz mono WAV from espeak-ng)."""
+    return synth_speech(tmp_path_factory.mktemp("speech") / "speech.wav")
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory, face_frames, speech_wav) -> Path:
+    """A real MP4 (H.264 + AAC, 25 fps) of the talking face with the speech as its audio."""
+    from joygen_core.video.io import write_video
+    from joygen_core.video.io import read_audio
+
+    audio = read_audio(speech_wav)
+    out = tmp_path_factory.mktemp("video") / "face.mp4"
+    write_video(out, iter([face_frames]), fps=25.0, audio=audio)
+    return out
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A models folder in the official layout with small random weights (every family the factory knows)."""
+    from factory import make_models_folder
+
+    return make_models_folder(tmp_path_factory.mktemp("models") / "joygen")
