@@ -10,9 +10,10 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -216,7 +217,9 @@ def load_checkpoint(path: Path | str, *, allow_numpy_scalars: bool = False) -> A
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise ModelFileError(f"Model file {path} is not a valid safetensors file ({exc}); download it again.") from exc
+            raise ModelFileError(
+                f"Model file {path} is not a valid safetensors file ({exc}); download it again."
+            ) from exc
     try:
         if allow_numpy_scalars:
             with torch.serialization.safe_globals(_numpy_safe_globals()):

@@ -104,8 +104,7 @@ def speech_wav(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def face_video(tmp_path_factory, face_frames, speech_wav) -> Path:
     """A real MP4 (H.264 + AAC, 25 fps) of the talking face with the speech as its audio."""
-    from joygen_core.video.io import write_video
-    from joygen_core.video.io import read_audio
+    from joygen_core.video.io import read_audio, write_video
 
     audio = read_audio(speech_wav)
     out = tmp_path_factory.mktemp("video") / "face.mp4"
