@@ -1,0 +1,380 @@
+"""Video and audio file I/O with PyAV (its wheels carry libx264 and AAC: no system ffmpeg needed).
+
+Frames stream through generators in chunks, so a long video never sits in memory; the writer takes
+a frame iterator and the driving audio and produces one MP4 (H.264 yuv420p + AAC) in one encode,
+written to a temporary name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import MediaError
+
+log = logging.getLogger(__name__)
+
+NTSC_RATES = (Fraction(24000, 1001), Fraction(30000, 1001), Fraction(60000, 1001), Fraction(120000, 1001))
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds. ``width`` / ``height`` are after rotation metadata is applied."""
+
+    path: Path
+    fps: Fraction
+    frame_count: int
+    width: int
+    height: int
+    rotation: int
+    duration: float
+    has_audio: bool
+    variable_frame_rate: bool
+    pix_fmt: str
+
+
+@dataclass
+class AudioClip:
+    """A decoded audio track: float32 waveform [C, T] in [-1, 1] and its sample rate."""
+
+    waveform: torch.Tensor
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return self.waveform.shape[-1] / float(self.sample_rate)
+
+    @property
+    def channels(self) -> int:
+        return int(self.waveform.shape[0])
+
+
+def as_fraction(fps: float | Fraction | int) -> Fraction:
+    """An exact frame rate: NTSC rates written as 29.97 / 23.976 / 59.94 become their 1001 fractions."""
+    if isinstance(fps, Fraction):
+        return fps
+    if not fps or not math.isfinite(float(fps)) or float(fps) <= 0:
+        raise MediaError(f"Frame rate must be a positive number; got {fps!r}.")
+    for r in NTSC_RATES:
+        if abs(float(fps) - float(r)) < 2e-3:
+            return r
+    return Fraction(float(fps)).limit_denominator(1001)
+
+
+def _open(path: Path | str):
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"Media file {path} does not exist.")
+    if path.stat().st_size == 0:
+        raise MediaError(f"Media file {path} is empty (0 bytes).")
+    try:
+        return av.open(str(path))
+    except Exception as exc:  # av.error.* subclasses vary between versions
+        raise MediaError(f"Cannot read {path} as audio/video ({exc}). Is it a complete media file?") from exc
+
+
+def _rotation(stream, first_frame=None) -> int:
+    """Display rotation in degrees (multiple of 90, counter-clockwise as stored in the display matrix)."""
+    rot = None
+    if first_frame is not None:
+        rot = getattr(first_frame, "rotation", None)
+    if not rot:
+        tag = stream.metadata.get("rotate") if stream.metadata else None
+        rot = -int(tag) if tag else 0
+    return int(round(rot / 90.0)) * 90 % 360
+
+
+def _apply_rotation(arr: np.ndarray, rotation: int) -> np.ndarray:
+    """Rotate [H,W,3] so it displays upright; ``rotation`` is PyAV's counter-clockwise angle."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
+
+
+def probe_video(path: Path | str) -> VideoInfo:
+    """Frame rate (exact), frame count, size (after rotation), duration, audio presence of a video file."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path} has no video stream.")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise MediaError(f"{path}: the video stream has no frame rate.")
+        fps = Fraction(rate.numerator, rate.denominator)
+        fps = as_fraction(fps) if abs(float(fps) - round(float(fps))) > 1e-6 else fps
+        # Count frames by demuxing (no decode): exact even when the header lacks or misstates it.
+        count = 0
+        pts: list[int] = []
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                count += 1
+                if len(pts) < 4096:
+                    pts.append(packet.pts)
+        if count == 0:
+            raise MediaError(f"{path} holds no video frames.")
+        vfr = False
+        if len(pts) > 2 and stream.time_base:
+            d = np.diff(np.sort(np.asarray(pts, dtype=np.float64))) * float(stream.time_base)
+            vfr = bool(d.size and (d.max() - d.min()) > 0.5 / float(fps))
+        container.seek(0)
+        first = next(container.decode(video=0), None)
+        rotation = _rotation(stream, first)
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            w, h = h, w
+        duration = count / float(fps)
+        if container.duration:
+            duration = min(max(duration, 0.0), container.duration / 1e6) if vfr else duration
+        return VideoInfo(path=path, fps=fps, frame_count=count, width=w, height=h, rotation=rotation,
+                         duration=duration, has_audio=bool(container.streams.audio), variable_frame_rate=vfr,
+                         pix_fmt=str(stream.codec_context.pix_fmt))
+
+
+def _decoded(path: Path | str) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Every frame of the first video stream, upright RGB uint8, with its time in seconds (or None)."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base) if stream.time_base else None
+        rotation = None
+        for frame in container.decode(stream):
+            if rotation is None:
+                rotation = _rotation(stream, frame)
+            t = frame.pts * tb if (frame.pts is not None and tb) else None
+            yield _apply_rotation(frame.to_ndarray(format="rgb24"), rotation), t
+
+
+def _retimed(frames: Iterator[tuple[np.ndarray, float | None]], fps: Fraction, end_time: float | None
+             ) -> Iterator[np.ndarray]:
+    """Constant-rate frames: output i shows the source frame nearest in time to i / fps (ffmpeg's fps filter)."""
+    rate = float(fps)
+    prev: np.ndarray | None = None
+    prev_t = t0 = 0.0
+    i = 0
+    for n, (arr, t) in enumerate(frames):
+        t = n / rate if t is None else t
+        if prev is None:
+            t0 = t
+        t -= t0
+        if prev is not None:
+            mid = (prev_t + t) / 2
+            while i / rate < mid - 1e-9:
+                yield prev
+                i += 1
+        prev, prev_t = arr, t
+    if prev is not None:
+        end = prev_t + 1.0 / rate if end_time is None else max(end_time, prev_t + 0.5 / rate)
+        while i == 0 or i / rate < end - 0.5 / rate - 1e-9:
+            yield prev
+            i += 1
+
+
+def iter_frames(
+    path: Path | str,
+    chunk_size: int = 32,
+    fps: float | Fraction | None = None,
+    start: int = 0,
+    max_frames: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode a video to RGB uint8 chunks [n, H, W, 3] (rotation applied, any pixel format).
+
+    With ``fps`` (or for a variable-frame-rate file) frames are re-timed to that constant rate by
+    presentation time, each output frame showing the nearest source frame. ``start`` / ``max_frames``
+    count output frames. Only one chunk is held in memory at a time.
+    """
+    info = probe_video(path)
+    target = as_fraction(fps) if fps is not None else (info.fps if info.variable_frame_rate else None)
+    source: Iterator[np.ndarray]
+    if target is None:
+        source = (arr for arr, _ in _decoded(path))
+    else:
+        source = _retimed(_decoded(path), target, info.duration if not info.variable_frame_rate else None)
+    chunk: list[np.ndarray] = []
+    stop = None if max_frames is None else start + max_frames
+    for i, arr in enumerate(source):
+        if stop is not None and i >= stop:
+            break
+        if i < start:
+            continue
+        chunk.append(arr)
+        if len(chunk) == chunk_size:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+def read_frames(path: Path | str, fps: float | Fraction | None = None, max_frames: int | None = None) -> np.ndarray:
+    """All frames at once, uint8 [T, H, W, 3]; for short clips (use :func:`iter_frames` for long ones)."""
+    chunks = list(iter_frames(path, chunk_size=64, fps=fps, max_frames=max_frames))
+    if not chunks:
+        raise MediaError(f"{path} holds no decodable video frames.")
+    return np.concatenate(chunks)
+
+
+def read_audio(path: Path | str) -> AudioClip:
+    """Decode the first audio stream of an audio or video file to float32 [C, T] at its own rate."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio track. Give an audio file, or a video that has sound.")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate or stream.rate
+        channels = stream.codec_context.channels or 1
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=rate)
+        parts: list[np.ndarray] = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                parts.append(out.to_ndarray())
+        for out in resampler.resample(None):
+            parts.append(out.to_ndarray())
+    if not parts:
+        raise MediaError(f"{path}: its audio track holds no samples.")
+    data = np.concatenate(parts, axis=1).astype(np.float32)
+    if data.shape[1] == 0:
+        raise MediaError(f"{path}: its audio track holds no samples.")
+    data = data[:channels] if data.shape[0] >= channels else data
+    if stream.duration and stream.time_base:
+        # AAC decodes whole 1024-sample frames: the stream duration says where the real samples end.
+        n = int(round(float(stream.duration * stream.time_base) * rate))
+        if 0 < n < data.shape[1]:
+            data = data[:, :n]
+    return AudioClip(waveform=torch.from_numpy(np.ascontiguousarray(data)), sample_rate=int(rate))
+
+
+def _even(x: int) -> int:
+    return x + (x % 2)
+
+
+def _pad_even(chunk: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: odd frames get one replicated edge row / column."""
+    h, w = chunk.shape[1:3]
+    if h % 2 == 0 and w % 2 == 0:
+        return chunk
+    return np.pad(chunk, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def write_video(
+    path: Path | str,
+    frames: Iterable[np.ndarray | torch.Tensor],
+    fps: float | Fraction,
+    audio: AudioClip | None = None,
+    crf: int = 18,
+    preset: str = "medium",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Encode RGB uint8 chunks [n, H, W, 3] to an MP4 (H.264 yuv420p, AAC audio) in one pass.
+
+    Frames are streamed in; audio is interleaved as the video advances. The file appears under its
+    name only when complete: a failure or interruption leaves no partial output. Odd sizes are padded
+    by one replicated row / column (yuv420p needs even sizes). ``crf`` is x264's quality (0 lossless,
+    18 visually transparent, 23 default).
+    """
+    import av
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MediaError(f"{path} already exists; choose another name (outputs never overwrite files).")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = as_fraction(fps)
+    tmp = path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
+    n_frames = 0
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            vstream = None
+            astream = None
+            a_data = None
+            a_pos = 0
+            a_rate = 0
+            if audio is not None:
+                a_rate = int(audio.sample_rate)
+                if a_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000):
+                    from ..audio.prepare import resample
+
+                    audio = AudioClip(resample(audio.waveform, a_rate, 48000), 48000)
+                    a_rate = 48000
+                a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32))
+                if a_data.shape[0] > 2:
+                    a_data = a_data.mean(axis=0, keepdims=True)
+                layout = "stereo" if a_data.shape[0] == 2 else "mono"
+                astream = container.add_stream("aac", rate=a_rate, layout=layout)
+                astream.bit_rate = 192000
+                astream.time_base = Fraction(1, a_rate)
+
+            def push_audio(until_s: float | None) -> None:
+                nonlocal a_pos
+                if astream is None or a_data is None:
+                    return
+                end = a_data.shape[1] if until_s is None else min(a_data.shape[1], int(until_s * a_rate))
+                step = 1024 * 8
+                while a_pos < end:
+                    stop = min(a_pos + step, end)
+                    block = a_data[:, a_pos:stop]
+                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp",
+                                                    layout="stereo" if block.shape[0] == 2 else "mono")
+                    af.sample_rate = a_rate
+                    af.pts = a_pos
+                    af.time_base = Fraction(1, a_rate)
+                    for packet in astream.encode(af):
+                        container.mux(packet)
+                    a_pos = stop
+
+            for chunk in frames:
+                if isinstance(chunk, torch.Tensor):
+                    chunk = chunk.detach().cpu().numpy()
+                chunk = np.asarray(chunk)
+                if chunk.ndim == 3:
+                    chunk = chunk[None]
+                if chunk.dtype != np.uint8:
+                    raise MediaError(f"write_video expects uint8 frames; got {chunk.dtype}.")
+                if chunk.shape[-1] != 3:
+                    raise MediaError(f"write_video expects RGB frames [n,H,W,3]; got {chunk.shape}.")
+                if vstream is None:
+                    h, w = chunk.shape[1:3]
+                    vstream = container.add_stream("libx264", rate=rate)
+                    vstream.width, vstream.height = _even(w), _even(h)
+                    vstream.pix_fmt = "yuv420p"
+                    vstream.options = {"crf": str(int(crf)), "preset": preset}
+                    if h % 2 or w % 2:
+                        log.warning("Frame size %dx%d is odd; padded to %dx%d for H.264 yuv420p.", w, h,
+                                    _even(w), _even(h))
+                    size = (h, w)
+                elif chunk.shape[1:3] != size:
+                    raise MediaError(f"Frame size changed mid-video: {size} then {chunk.shape[1:3]}.")
+                for arr in _pad_even(chunk):
+                    vf = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                    vf.pts = n_frames
+                    vf.time_base = 1 / rate
+                    for packet in vstream.encode(vf):
+                        container.mux(packet)
+                    n_frames += 1
+                push_audio(n_frames / float(rate))
+                if progress is not None:
+                    progress(n_frames)
+            if vstream is None:
+                raise MediaError("No frames to write: the video would be empty.")
+            for packet in vstream.encode():
+                container.mux(packet)
+            push_audio(None)
+            if astream is not None:
+                for packet in astream.encode():
+                    container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("Wrote %s: %d frames at %s fps%s", path, n_frames, rate, " with audio" if audio is not None else "")
+    return path
