@@ -27,7 +27,8 @@ t = time.perf_counter(); n = 0; checksum = 0
 for chunk in iter_frames(sys.argv[1], chunk_size=16):
     n += chunk.shape[0]; checksum += int(chunk[:, ::97, ::97].sum())
 dt = time.perf_counter() - t
-print(json.dumps({"frames": n, "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"frames": n, "seconds": dt, "peak_rss_mb": rss}))
 """
 
 
