@@ -166,3 +166,19 @@ def test_cli_models_table(tmp_path):
     line = next(row for row in out.splitlines() if "whisper/tiny.pt" in row)
     assert line.startswith("present")
     assert any(row.startswith("MISSING") and "BFM/BFM_model_front.mat" in row for row in out.splitlines())
+
+
+def test_download_places_hub_pieces_in_the_official_layout(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from joygen_core import download as dl
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, local_dir, allow_patterns: calls.append((repo_id, local_dir)))
+    out = dl.download(tmp_path, ["vae", "hubert"])
+    assert calls == [("stabilityai/sd-vae-ft-mse", str(tmp_path / "sd-vae-ft-mse")),
+                     ("facebook/hubert-large-ls960-ft", str(tmp_path / "audio2motion" / "hubert"))]
+    assert out[0] == tmp_path / "sd-vae-ft-mse"
+    with pytest.raises(ModelFileError, match="Not on the Hugging Face hub"):
+        dl.download(tmp_path, ["joygen_unet"])
