@@ -160,23 +160,25 @@ def _load_exp_basis(bfm_dir: Path, n_vertex: int = 53215) -> tuple[np.ndarray, n
     return exp_pc, exp_ev
 
 
-def build_bfm_front(bfm_dir: Path | str, out_name: str = "BFM_model_front.mat") -> Path:
+def build_bfm_front(bfm_dir: Path | str, out_path: Path | str | None = None) -> Path:
     """Write ``BFM_model_front.mat`` from the BFM09 sources, as the official ``transferBFM09`` does.
 
     Needs ``01_MorphableModel.mat``, ``Exp_Pca.bin``, ``std_exp.txt``, ``BFM_front_idx.mat``,
     ``BFM_exp_idx.mat`` and ``facemodel_info.mat`` in ``bfm_dir``. Bases are scaled to decimetres
     (/1e5) and cut to 80 id / 64 exp / 80 tex components; vertices are reduced to the front part.
+    Written to ``out_path`` (default ``bfm_dir/BFM_model_front.mat``, where the official puts it).
     """
     from scipy.io import savemat
 
     bfm_dir = Path(bfm_dir)
+    target = Path(out_path) if out_path is not None else bfm_dir / "BFM_model_front.mat"
     needed = ["01_MorphableModel.mat", "Exp_Pca.bin", "std_exp.txt", "BFM_front_idx.mat", "BFM_exp_idx.mat",
               "facemodel_info.mat"]
     absent = [n for n in needed if not (bfm_dir / n).is_file()]
     if absent:
-        raise ModelFileError(f"Cannot build {out_name} in {bfm_dir}: missing {absent}. Put the official "
+        raise ModelFileError(f"Cannot build BFM_model_front.mat from {bfm_dir}: missing {absent}. Put the official "
                              "BFM_model_front.mat there, or the BFM09 sources (Deep3DFaceRecon_pytorch README).")
-    log.info("Building %s from the BFM09 sources in %s", out_name, bfm_dir)
+    log.info("Building %s from the BFM09 sources in %s", target, bfm_dir)
     src = _loadmat(bfm_dir / "01_MorphableModel.mat")
     # official naming: BFM_front_idx 'idx' indexes the 53215-vertex expression model,
     # BFM_exp_idx 'trimIndex' maps those to the 53490-vertex BFM09 model.
@@ -201,15 +203,19 @@ def build_bfm_front(bfm_dir: Path | str, out_name: str = "BFM_model_front.mat") 
     for key in ("tri", "point_buf", "tri_mask2", "keypoints", "frontmask2_idx", "skinmask"):
         if key in info:
             out[key] = info[key]
-    target = bfm_dir / out_name
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.mat")
     savemat(str(tmp), out)
     tmp.replace(target)
     return target
 
 
-def find_or_build_bfm(bfm_dir: Path | str) -> Path:
-    """``bfm_dir/BFM_model_front.mat``, built from the BFM09 sources first when only those are present."""
+def find_or_build_bfm(bfm_dir: Path | str, build_to: Path | str | None = None) -> Path:
+    """``bfm_dir/BFM_model_front.mat``; when only the BFM09 sources are there, the file built from them
+    (at ``build_to``, default beside the sources; an existing built file is reused)."""
     bfm_dir = Path(bfm_dir)
     target = bfm_dir / "BFM_model_front.mat"
-    return target if target.is_file() else build_bfm_front(bfm_dir)
+    if target.is_file():
+        return target
+    built = Path(build_to) if build_to is not None else target
+    return built if built.is_file() else build_bfm_front(bfm_dir, built)
