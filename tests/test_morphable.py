@@ -198,12 +198,13 @@ def test_regressor_loads_strictly_and_runs_batched(models_dir):
     path = models_dir / "face_recon_feat0.2_augment/epoch_20.pth"
     m = load_regressor(path)
     x = torch.rand(3, 3, 224, 224)
-    y = m(x)
+    with torch.no_grad():
+        y = m(x)
     assert y.shape == (3, 257) and torch.isfinite(y).all()
     # batch independence
     assert torch.allclose(m(x[1:2]), y[1:2], atol=1e-4)
     mb = load_regressor(path, dtype=torch.bfloat16)
-    assert mb(x.bfloat16()).dtype == torch.bfloat16
+    assert mb(x[:1, :, :64, :64].bfloat16()).dtype == torch.bfloat16  # small input: bf16 convs are slow on CPU
 
 
 def test_regressor_bad_checkpoints(tmp_path, models_dir):
