@@ -147,12 +147,13 @@ def _gather_window(img: torch.Tensor, row0: torch.Tensor, nrows: int, col0: torc
     return out.permute(0, 3, 1, 2)
 
 
-def crop_faces(frames: torch.Tensor, align: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def crop_faces(frames: torch.Tensor, align: torch.Tensor, max_elements: int = 1 << 26) -> torch.Tensor:
     """Official 224x224 crops: frames uint8 [B,H,W,3] -> float [B,3,224,224] in 0..1, PIL-exact.
 
     Matches ``PIL.Image.resize((int(W*s), int(H*s)), BICUBIC).crop((left, up, left+224, up+224))``
     to the pixel (zero padding outside the frame). Work is done on the frames' device in float64,
-    only over the window of source pixels each crop reads; ``chunk`` frames at a time bound memory.
+    only over the window of source pixels each crop reads, as many frames at a time as keep each
+    float64 window batch under ``max_elements`` values (512 MB by default).
     """
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"crop_faces wants uint8 frames [B,H,W,3]; got {frames.dtype} {tuple(frames.shape)}")
@@ -160,6 +161,9 @@ def crop_faces(frames: torch.Tensor, align: torch.Tensor, chunk: int = 16) -> to
     if b == 0:
         return torch.zeros(0, 3, CROP, CROP, device=frames.device)
     ws, hs, left, up = crop_geometry(align, (h, w))
+    # a crop reads about (224 + 4 taps) / s source pixels per side
+    side = ((CROP + 6) / align[:, 0].to("cpu", torch.float64).clamp(min=1e-3)).clamp(max=max(h, w)).max()
+    chunk = max(1, int(max_elements // (3 * float(side) ** 2)))
     out = []
     for i in range(0, b, chunk):
         sl = slice(i, i + chunk)
