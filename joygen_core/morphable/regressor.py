@@ -57,13 +57,15 @@ def load_regressor(path: Path | str, device: torch.device | str = "cpu", dtype: 
     model = ReconNet()
     check_state_dict(state, model, path, what="Deep3DFaceRecon regressor (net_recon)")
     model.load_state_dict(state, strict=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # channels-last: faster convolutions on CPU (oneDNN) and on GPU tensor cores, same numbers
+    model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    return model.eval().requires_grad_(False)
 
 
 @torch.inference_mode()
 def regress(model: ReconNet, crops: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Coefficients [B,257] float32 (CPU) for crops [B,3,224,224] in 0..1, in batches on the model's device."""
     p = next(model.parameters())
-    out = [model(crops[i:i + batch_size].to(p.device, p.dtype)).float().cpu()
-           for i in range(0, crops.shape[0], batch_size)]
+    out = [model(crops[i:i + batch_size].to(p.device, p.dtype).contiguous(memory_format=torch.channels_last))
+           .float().cpu() for i in range(0, crops.shape[0], batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 257)
