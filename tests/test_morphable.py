@@ -10,7 +10,7 @@ import torch
 
 from joygen_core.errors import ModelFileError
 from joygen_core.morphable import geometry as G
-from joygen_core.morphable.bfm import BFM, build_bfm_front, load_bfm
+from joygen_core.morphable.bfm import BFM, build_bfm_front, find_or_build_bfm, load_bfm
 from joygen_core.morphable.regressor import ReconNet, load_regressor
 
 
@@ -102,6 +102,12 @@ def test_build_bfm_front_from_sources(tmp_path):
     want_exp = (exp_pc.T * exp_ev.reshape(1, -1) / 1e5).reshape(nexp, 3, k_exp)[front, :, :64].reshape(-1, 64)
     assert np.allclose(bfm.exp_base.numpy(), want_exp, rtol=1e-5, atol=1e-9)
     assert bfm.tex_base.shape == (3 * nfront, 80) and torch.equal(bfm.tri, torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    # sources only: built once into another folder (the node uses the temp folder), then reused
+    out.unlink()
+    built = find_or_build_bfm(tmp_path, tmp_path / "cache" / "BFM_model_front.mat")
+    assert built == tmp_path / "cache" / "BFM_model_front.mat" and not out.exists()
+    stamp = built.stat().st_mtime_ns
+    assert find_or_build_bfm(tmp_path, built) == built and built.stat().st_mtime_ns == stamp
     (tmp_path / "Exp_Pca.bin").write_bytes(np.int32(k_exp).tobytes() + exp_mu.tobytes())
     with pytest.raises(ModelFileError, match="truncated"):
         build_bfm_front(tmp_path)

@@ -70,3 +70,19 @@ def test_preview_draws_box_and_points(face_frames, models):
     assert (pv[0, y1, x1:x2 + 1] == torch.tensor([255, 220, 0], dtype=torch.uint8)).all()
     fx, fy = (int(round(float(v))) for v in track.five[0, 2])
     assert pv[0, fy, fx].tolist() == [255, 0, 0]
+
+
+def test_track_policy_across_batches(astronaut, models):
+    """The followed face survives batch boundaries: the small face first seen stays chosen."""
+    from PIL import Image
+
+    two = np.zeros((512, 900, 3), np.uint8)
+    two[:, :512] = astronaut
+    two[100:400, 580:880] = np.asarray(Image.fromarray(astronaut).resize((300, 300)))
+    only_small = two.copy()
+    only_small[:, :512] = 0
+    frames = np.stack([only_small, two, two])
+    tracked = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=1, policy="track")
+    largest = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=1)
+    assert (tracked.det_box[:, 0] > 500).all() and (largest.det_box[1:, 0] < 400).all()
+    assert tracked.meta["multi_face_frames"] == 2
