@@ -159,15 +159,13 @@ def draw_preview(frames: torch.Tensor, track: FaceTrack, radius: int = 1) -> tor
     box = track.box[idx].long()
     x1, y1 = box[:, 0].clamp(0, w - 1), box[:, 1].clamp(0, h - 1)
     x2, y2 = box[:, 2].clamp(0, w - 1), box[:, 3].clamp(0, h - 1)
-    xs, ys = torch.arange(w), torch.arange(h)
-    inside_x = (xs >= x1[:, None]) & (xs <= x2[:, None])  # [n,W]
-    inside_y = (ys >= y1[:, None]) & (ys <= y2[:, None])  # [n,H]
-    edge_y = (ys == y1[:, None]) | (ys == y2[:, None])
-    edge_x = (xs == x1[:, None]) | (xs == x2[:, None])
-    ring = (edge_y[:, :, None] & inside_x[:, None, :]) | (inside_y[:, :, None] & edge_x[:, None, :])
-    sub = out[idx]
-    sub[ring] = torch.tensor((255, 220, 0), dtype=torch.uint8)
-    out[idx] = sub
+    yellow = torch.tensor((255, 220, 0), dtype=torch.uint8)
+    fi, xi = ((torch.arange(w) >= x1[:, None]) & (torch.arange(w) <= x2[:, None])).nonzero(as_tuple=True)
+    out[idx[fi], y1[fi], xi] = yellow  # top and bottom edges
+    out[idx[fi], y2[fi], xi] = yellow
+    fi, yi = ((torch.arange(h) >= y1[:, None]) & (torch.arange(h) <= y2[:, None])).nonzero(as_tuple=True)
+    out[idx[fi], yi, x1[fi]] = yellow  # left and right edges
+    out[idx[fi], yi, x2[fi]] = yellow
     dots(track.lm68, (0, 255, 0))
     dots(track.five, (255, 0, 0))
     return out
