@@ -85,3 +85,17 @@ def test_track_policy_across_batches(astronaut, models):
     tracked = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=1, policy="track")
     assert (tracked.det_box[:, 0] > 500).all()  # 'largest' would switch to the left face in frame 1
     assert tracked.meta["multi_face_frames"] == 1
+
+
+def test_alignment_and_projection_agree_on_a_real_face(astronaut, models):
+    """Near-zero coefficients put the factory face's keypoints where MTCNN saw the eyes and mouth corners:
+    crop, camera, projection and the way back to frame pixels fit together (a flipped axis or a wrong
+    offset would be tens of pixels off; the eyes are 43 px apart)."""
+    track = reconstruct(astronaut[None], models.detector, models.regressor, models.bfm)
+    assert track.coeffs.abs().max() < 0.2
+    lm, five = track.lm68[0], track.five[0]
+    eyes = torch.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
+    assert (eyes - five[:2]).norm(dim=1).max() < 15
+    assert (torch.stack([lm[48], lm[54]]) - five[3:]).norm(dim=1).max() < 15
+    x1, y1, x2, y2 = track.box[0].tolist()
+    assert x1 < five[:, 0].min() and x2 > five[:, 0].max() and y1 < five[:, 1].min() and y2 > five[:, 1].max()

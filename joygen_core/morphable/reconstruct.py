@@ -142,7 +142,7 @@ def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet
 def draw_preview(frames: torch.Tensor, track: FaceTrack, radius: int = 1) -> torch.Tensor:
     """uint8 frames [T,H,W,3] with the 68 landmarks (green), five points (red) and face box (yellow) drawn."""
     out = as_rgb_uint8(frames).clone()
-    t, h, w, _ = out.shape
+    _, h, w, _ = out.shape
     idx = track.detected.nonzero()[:, 0]
     if len(idx) == 0:
         return out
