@@ -72,6 +72,7 @@ def test_preview_draws_box_and_points(face_frames, models):
     assert pv[0, fy, fx].tolist() == [255, 0, 0]
 
 
+@pytest.mark.slow
 def test_track_policy_across_batches(astronaut, models):
     """The followed face survives batch boundaries: the small face first seen stays chosen."""
     from PIL import Image
