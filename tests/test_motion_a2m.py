@@ -149,3 +149,15 @@ def test_bad_audio(a2m, hubert):
         assert m.exp.shape == (12, 64) and torch.isfinite(m.exp).all()
     with pytest.raises(ValueError, match="fps"):
         audio_to_motion(a2m, hubert, speech(0.5), 0.0, 12)
+
+
+@pytest.mark.slow
+def test_several_minutes(a2m, hubert, models_dir):
+    from joygen_core.audio.whisper import load_whisper_encoder, whisper_features
+
+    audio = speech(200.0)  # 3 min 20 s: 10 HuBERT clips, 9 overlapping Whisper windows
+    m = audio_to_motion(a2m, hubert, audio, 29.97, 5994, seed=0)
+    assert m.exp.shape == (5994, 64) and torch.isfinite(m.exp).all()
+    enc = load_whisper_encoder(models_dir / "whisper" / "tiny.pt")
+    feats = whisper_features(enc, audio, 29.97, 5994)
+    assert feats.shape == (5994, 50, 384) and torch.isfinite(feats).all()
