@@ -163,14 +163,15 @@ def test_long_audio_has_no_seam_at_30_and_60_s(encoder):
 
 
 def test_hf_folder_loads_the_same_encoder(models_dir, tmp_path, encoder):
-    from transformers import WhisperConfig, WhisperModel
+    # the hub's openai/whisper-tiny is a WhisperForConditionalGeneration folder (model.encoder.*, proj_out)
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     cfg = WhisperConfig(vocab_size=100, d_model=384, encoder_layers=4, encoder_attention_heads=6,
                         encoder_ffn_dim=1536, decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=64,
                         max_source_positions=1500, max_target_positions=16, num_mel_bins=80,
                         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-    model = WhisperModel(cfg)
-    model.encoder.load_state_dict(encoder.state_dict())
+    model = WhisperForConditionalGeneration(cfg)
+    model.model.encoder.load_state_dict(encoder.state_dict())
     model.save_pretrained(tmp_path / "whisper-tiny")
     hf = load_whisper_encoder(tmp_path / "whisper-tiny")
     audio = speechlike(1.0)
