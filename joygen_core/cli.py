@@ -22,6 +22,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import download
+
+    root = Path(args.models) if args.models else default_model_dirs()[0]
+    for path in download(root, args.only.split(",") if args.only else None):
+        print(f"downloaded {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m joygen_core", description="JoyGen lip editing of talking-face videos.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -29,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list every expected model file: present or missing, and where to get it")
     m.add_argument("--models", help="the JoyGen model folder (default: $JOYGEN_MODELS or ./models/joygen)")
     m.set_defaults(func=cmd_models)
+    d = sub.add_parser("download", help="fetch the pieces published on the Hugging Face hub (VAE, HuBERT, Whisper)")
+    d.add_argument("--models", help="the JoyGen model folder to fill")
+    d.add_argument("--only", help="comma-separated subset of: vae, hubert, whisper")
+    d.set_defaults(func=cmd_download)
     try:
         from . import pipeline
     except ImportError as exc:  # the editing pipeline is optional while stages are missing

@@ -22,7 +22,7 @@ from .errors import ModelFileError, UnsafePathError
 log = logging.getLogger(__name__)
 
 ENV_VAR = "JOYGEN_MODELS"
-BUNDLE_URL = "https://huggingface.co/jdh-algo/JoyGen (the official pretrained_models bundle)"
+BUNDLE_URL = "the official pretrained_models bundle linked from github.com/JOY-MM/JoyGen (Download pretrained weights)"
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ModelFile:
 
 MANIFEST: tuple[ModelFile, ...] = (
     ModelFile("bfm", "BFM/BFM_model_front.mat", "Basel Face Model, front part + expression basis",
-              BUNDLE_URL + "; or built from BFM09 (faces.dmi.unibas.ch) + Exp_Pca.bin"),
+              BUNDLE_URL + "; or built from BFM09 + Exp_Pca.bin (Deep3DFaceRecon_pytorch README)"),
     ModelFile("bfm_mp468", "BFM/index_mp468_from_mesh35709.npy", "468 MediaPipe-topology points as BFM vertex ids",
               BUNDLE_URL),
     ModelFile("bfm09", "BFM/01_MorphableModel.mat", "BFM09 source (only to build BFM_model_front.mat)",
@@ -47,20 +47,21 @@ MANIFEST: tuple[ModelFile, ...] = (
     ModelFile("bfm_exp_pca", "BFM/Exp_Pca.bin", "expression basis source (only to build BFM_model_front.mat)",
               "Deep3DFaceRecon_pytorch instructions", optional=True),
     ModelFile("face_recon", "face_recon_feat0.2_augment/epoch_20.pth", "Deep3DFaceRecon coefficient regressor",
-              BUNDLE_URL + "; or Deep3DFaceRecon_pytorch release"),
+              BUNDLE_URL + "; or github.com/sicxu/Deep3DFaceRecon_pytorch (prerequisite models)"),
     ModelFile("a2m_config", "audio2motion/240210_real3dportrait_orig/audio2secc_vae/config.yaml",
-              "audio-to-motion config", BUNDLE_URL + "; or Real3DPortrait checkpoints"),
+              "audio-to-motion config", BUNDLE_URL + "; or github.com/yerfor/Real3DPortrait checkpoints"),
     ModelFile("a2m", "audio2motion/240210_real3dportrait_orig/audio2secc_vae/model_ckpt_steps_400000.ckpt",
-              "audio-to-expression flow VAE", BUNDLE_URL + "; or Real3DPortrait checkpoints"),
+              "audio-to-expression flow VAE", BUNDLE_URL + "; or github.com/yerfor/Real3DPortrait checkpoints"),
     ModelFile("hubert", "audio2motion/hubert", "HuBERT-large audio features for audio-to-motion",
               "huggingface.co/facebook/hubert-large-ls960-ft", folder=True),
-    ModelFile("joygen_unet", "joygen", "the JoyGen editing UNet (diffusers folder)", BUNDLE_URL, folder=True),
+    ModelFile("joygen_unet", "joygen", "the JoyGen editing UNet (diffusers folder)",
+              BUNDLE_URL + " (the joygen folder is also linked on its own there)", folder=True),
     ModelFile("vae", "sd-vae-ft-mse", "image VAE (diffusers folder)", "huggingface.co/stabilityai/sd-vae-ft-mse",
               folder=True),
     ModelFile("whisper", "whisper/tiny.pt", "Whisper-tiny audio features for the editor (OpenAI format)",
-              BUNDLE_URL + "; or openaipublic whisper tiny.pt; or an HF openai/whisper-tiny folder"),
+              BUNDLE_URL + "; or OpenAI's published tiny.pt; or an HF openai/whisper-tiny folder"),
     ModelFile("face_parse", "face-parse-bisent/79999_iter.pth", "BiSeNet face parsing for blending",
-              BUNDLE_URL + "; or face-parsing.PyTorch release"),
+              BUNDLE_URL + "; or github.com/zllrunning/face-parsing.PyTorch"),
     ModelFile("face_parse_backbone", "face-parse-bisent/resnet18-5c106cde.pth",
               "ResNet-18 backbone the BiSeNet file was trained from (not read at inference)",
               "download.pytorch.org/models/resnet18-5c106cde.pth", optional=True),

@@ -5,6 +5,7 @@ All offline and deterministic. Media fixtures are made once per session in a tem
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import shutil
 import subprocess
@@ -18,10 +19,36 @@ ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "joygen_pack"
 
 
+class _LibraryAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Make ``joygen_pack.joygen_core.X`` the very same module object as ``joygen_core.X``.
+
+    ComfyUI imports the library through the pack (relative imports in nodes/); tests import it as
+    ``joygen_core``. One module object per file keeps classes identical on both paths.
+    """
+
+    prefix = PACK_NAME + ".joygen_core"
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.prefix or fullname.startswith(self.prefix + "."):
+            real = importlib.import_module(fullname[len(PACK_NAME) + 1:])
+            return importlib.util.spec_from_loader(fullname, self, is_package=hasattr(real, "__path__"))
+        return None
+
+    def create_module(self, spec):
+        module = importlib.import_module(spec.name[len(PACK_NAME) + 1:])
+        self._real_spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self._real_spec  # importlib overwrote it with the alias spec
+
+
 def _import_pack():
     """Import the repository root as the package ComfyUI would load (relative imports in nodes/)."""
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
+    if not any(isinstance(f, _LibraryAlias) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LibraryAlias())
     spec = importlib.util.spec_from_file_location(
         PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
     )

@@ -1,0 +1,176 @@
+"""Video and audio I/O with PyAV: exact frame rates, re-timing, rotation, odd sizes, atomic writes."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from joygen_core.audio.prepare import to_mono_16k
+from joygen_core.errors import MediaError
+from joygen_core.video.io import (
+    AudioClip,
+    as_fraction,
+    iter_frames,
+    probe_video,
+    read_audio,
+    read_frames,
+    write_video,
+)
+
+
+def _tone(seconds: float, rate: int, channels: int = 2) -> AudioClip:
+    t = torch.arange(int(round(seconds * rate))) / rate
+    wav = torch.stack([0.4 * torch.sin(2 * torch.pi * (220 + 110 * c) * t) for c in range(channels)])
+    return AudioClip(wav, rate)
+
+
+def _raw_video(path: Path, frames: np.ndarray, pts: list[int], time_base: Fraction, pix_fmt="yuv420p",
+               rotation: int | None = None, rate=25) -> Path:
+    """Write frames with explicit timestamps (variable frame rate) and optional display rotation."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        s.time_base = time_base
+        s.codec_context.time_base = time_base
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for arr, p in zip(frames, pts):
+            f = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            f.pts = p
+            f.time_base = time_base
+            for pkt in s.encode(f):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+def test_round_trip_2997_keeps_frames_duration_and_audio(tmp_path, face_frames):
+    frames = face_frames[:45]
+    audio = _tone(45 / 29.97, 44100)
+    src = write_video(tmp_path / "src.mp4", iter([frames[:20], frames[20:]]), 29.97, audio)
+    info = probe_video(src)
+    assert info.fps == Fraction(30000, 1001) and info.frame_count == 45 and info.has_audio
+    decoded = read_frames(src)
+    again = write_video(tmp_path / "again.mp4", iter([decoded]), info.fps, read_audio(src))
+    info2 = probe_video(again)
+    assert info2.frame_count == 45
+    assert abs(info2.duration - info.duration) <= 1 / 29.97
+    a1, a2 = read_audio(src), read_audio(again)
+    assert abs(a1.duration - audio.duration) < 0.010
+    assert abs(a2.duration - audio.duration) < 0.010
+    # content survives two lossy encodes (crf 18): mean error of a few levels at most
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 4
+
+
+def test_odd_size_and_generator_input(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (5, 33, 47, 3), dtype=np.uint8)
+    out = write_video(tmp_path / "odd.mp4", (f[None] for f in frames), 25)
+    info = probe_video(out)
+    assert (info.width, info.height) == (48, 34) and info.frame_count == 5
+
+
+def test_retime_to_25fps_and_vfr(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = np.repeat(np.arange(30, dtype=np.uint8)[:, None, None, None] * 8, 32 * 32 * 3).reshape(30, 32, 32, 3)
+    cfr30 = write_video(tmp_path / "c30.mp4", iter([frames]), 30)
+    out = read_frames(cfr30, fps=25)
+    assert out.shape[0] == 25  # 1 s
+    # each output frame is the source frame nearest in time: i/25 s -> source round(i*30/25)
+    levels = np.round(out[:, 16, 16, 0].astype(float) / 8).astype(int)
+    expect = np.minimum(np.floor(np.arange(25) * 30 / 25 + 0.5 - 1e-9), 29).astype(int)
+    assert np.abs(levels - expect).max() <= 1
+    # variable frame rate: gaps of 1 and 3 ticks at 1/60 s -> detected as VFR, re-timed to constant rate
+    pts = np.cumsum([0] + [1 if i % 2 else 3 for i in range(19)]).tolist()
+    vfr = _raw_video(tmp_path / "vfr.mp4", rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8), pts,
+                     Fraction(1, 60), rate=30)
+    info = probe_video(vfr)
+    assert info.variable_frame_rate
+    n = sum(c.shape[0] for c in iter_frames(vfr, chunk_size=4))
+    assert abs(n - info.duration * float(info.fps)) <= 2
+
+
+def test_rotation_metadata_is_applied(tmp_path):
+    frame = np.zeros((1, 32, 64, 3), dtype=np.uint8)
+    frame[0, :, :8] = 255  # a bright stripe on the left edge
+    path = _raw_video(tmp_path / "rot.mp4", np.repeat(frame, 3, 0), [0, 1, 2], Fraction(1, 25), rotation=90)
+    info = probe_video(path)
+    assert info.rotation in (90, 270) and (info.width, info.height) == (32, 64)
+    out = read_frames(path)
+    assert out.shape[1:3] == (64, 32)
+    # the stripe now lies along the top or bottom edge
+    rows = out[0, :, :, 0].mean(axis=1)
+    assert max(rows[:8].mean(), rows[-8:].mean()) > 200 and rows[24:40].mean() < 50
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv444p", "yuv422p"])
+def test_other_pixel_formats(tmp_path, pix_fmt):
+    frames = np.full((3, 16, 16, 3), (200, 40, 90), dtype=np.uint8)
+    path = _raw_video(tmp_path / f"{pix_fmt}.mp4", frames, [0, 1, 2], Fraction(1, 25), pix_fmt=pix_fmt)
+    out = read_frames(path)
+    assert np.abs(out.astype(int) - frames.astype(int)).max() < 12
+
+
+def test_audio_from_wav_any_rate_and_channels(tmp_path, speech_wav):
+    clip = read_audio(speech_wav)
+    assert clip.channels == 1 and clip.sample_rate == 22050 and clip.duration > 1.0
+    mono = to_mono_16k(clip.waveform, clip.sample_rate)
+    assert abs(mono.shape[0] - clip.duration * 16000) <= 2
+    six = _tone(0.5, 48000, channels=6)
+    m = to_mono_16k(six.waveform, 48000)
+    assert m.shape == (8000,) and m.dtype == torch.float32
+    weird = torch.tensor([[0.5, float("nan"), float("inf"), -3.0]])
+    assert torch.isfinite(to_mono_16k(weird, 16000)).all()
+
+
+def test_streaming_decode_yields_chunks(face_video):
+    chunks = list(iter_frames(face_video, chunk_size=8))
+    assert all(c.shape[0] == 8 for c in chunks[:-1]) and chunks[0].dtype == np.uint8
+    assert sum(c.shape[0] for c in chunks) == probe_video(face_video).frame_count
+    part = list(iter_frames(face_video, chunk_size=8, start=5, max_frames=10))
+    assert sum(c.shape[0] for c in part) == 10
+    full = read_frames(face_video)
+    assert np.array_equal(np.concatenate(part), full[5:15])
+
+
+def test_bad_media_errors(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(MediaError, match="empty"):
+        probe_video(empty)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(MediaError):
+        probe_video(junk)
+    with pytest.raises(MediaError, match="does not exist"):
+        read_audio(tmp_path / "missing.wav")
+    silent = write_video(tmp_path / "silent.mp4", iter([np.zeros((2, 16, 16, 3), np.uint8)]), 25)
+    with pytest.raises(MediaError, match="no audio"):
+        read_audio(silent)
+    with pytest.raises(MediaError):
+        as_fraction(0)
+
+
+def test_writer_is_atomic_and_never_overwrites(tmp_path):
+    target = tmp_path / "out.mp4"
+
+    def frames_then_crash():
+        yield np.zeros((4, 16, 16, 3), np.uint8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_video(target, frames_then_crash(), 25, _tone(1, 16000, 1))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MediaError, match="empty"):
+        write_video(target, iter([]), 25)
+    assert not target.exists()
+    write_video(target, iter([np.zeros((2, 16, 16, 3), np.uint8)]), 25)
+    before = target.read_bytes()
+    with pytest.raises(MediaError, match="already exists"):
+        write_video(target, iter([np.ones((2, 16, 16, 3), np.uint8)]), 25)
+    assert target.read_bytes() == before

@@ -1,0 +1,184 @@
+"""The weight store: safe loading, path confinement, clear errors for missing / corrupt files."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from joygen_core.errors import ModelFileError, UnsafePathError
+from joygen_core.weights import MANIFEST, ModelStore, check_state_dict, load_checkpoint, resolve_in
+
+
+class _Exploit:
+    """Unpickling this runs a shell command that leaves a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pth"
+    torch.save({"net_recon": {"w": torch.zeros(2)}, "payload": _Exploit(marker)}, bad)
+    with pytest.raises(ModelFileError, match="Refused to load"):
+        load_checkpoint(bad)
+    assert not marker.exists(), "the pickled code was executed"
+
+
+def test_plain_pickle_of_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned2"
+    bad = tmp_path / "bad.ckpt"
+    with open(bad, "wb") as f:
+        pickle.dump({"state_dict": _Exploit(marker)}, f)
+    with pytest.raises(ModelFileError):
+        load_checkpoint(bad)
+    assert not marker.exists()
+
+
+def test_tensor_files_load(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = {"a": torch.arange(6.0).reshape(2, 3)}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    torch.save({"net_recon": sd, "epoch": 20}, tmp_path / "w.pth")
+    torch.save({"state_dict": {"model": sd}}, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(tmp_path / "w.safetensors")["a"], sd["a"])
+    assert torch.equal(load_checkpoint(tmp_path / "w.pth")["net_recon"]["a"], sd["a"])
+    assert torch.equal(load_checkpoint(tmp_path / "legacy.ckpt")["state_dict"]["model"]["a"], sd["a"])
+
+
+def test_numpy_scalars_only_when_allowed(tmp_path):
+    path = tmp_path / "a2m.ckpt"
+    torch.save({"best_valid": np.float64(0.25), "state_dict": {"model": {}}}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelFileError):
+        load_checkpoint(path)
+    assert float(load_checkpoint(path, allow_numpy_scalars=True)["best_valid"]) == 0.25
+
+
+@pytest.mark.parametrize("cut", [0, 100, -50])
+def test_truncated_or_empty_files_are_clear_errors(tmp_path, cut):
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.randn(64, 64)}, good)
+    data = good.read_bytes()
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(data[:cut] if cut else b"")
+    with pytest.raises(ModelFileError, match=str(bad.name)):
+        load_checkpoint(bad)
+
+
+def test_corrupt_safetensors(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(ModelFileError, match="safetensors"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize("name", ["../secret.pth", "BFM/../../secret.pth", "/etc/passwd", ""])
+def test_names_cannot_escape_the_model_folder(tmp_path, name):
+    root = tmp_path / "joygen"
+    root.mkdir()
+    (tmp_path / "secret.pth").write_bytes(b"x")
+    with pytest.raises(UnsafePathError):
+        resolve_in(root, name)
+    with pytest.raises(UnsafePathError):
+        ModelStore(root).path(name)
+
+
+def test_symlink_out_of_folder_is_refused_but_inside_is_fine(tmp_path):
+    root = tmp_path / "joygen"
+    (root / "whisper").mkdir(parents=True)
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"x")
+    (root / "whisper" / "tiny.pt").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="outside the model folder"):
+        ModelStore(root).path("whisper")
+    with pytest.raises(UnsafePathError):
+        ModelStore(root).path("whisper/tiny.pt")
+    inner = root / "real.pt"
+    inner.write_bytes(b"y")
+    (root / "link.pt").symlink_to(inner)
+    assert ModelStore(root).path("link.pt") == inner.resolve()
+    assert "whisper/tiny.pt" not in ModelStore(root).list_files()
+
+
+def test_missing_folder_and_file_messages(tmp_path):
+    with pytest.raises(ModelFileError, match="model folder does not exist"):
+        ModelStore(tmp_path / "nope").path("bfm")
+    root = tmp_path / "joygen"
+    root.mkdir()
+    with pytest.raises(ModelFileError) as err:
+        ModelStore(root).path("face_recon")
+    msg = str(err.value)
+    assert "face_recon_feat0.2_augment/epoch_20.pth" in msg and "Get it from" in msg
+
+
+def test_store_searches_roots_in_order(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "whisper").mkdir(parents=True)
+    (b / "whisper").mkdir(parents=True)
+    (b / "whisper" / "tiny.pt").write_bytes(b"b")
+    store = ModelStore([a, b])
+    assert store.path("whisper") == (b / "whisper" / "tiny.pt").resolve()
+    (a / "whisper" / "tiny.pt").write_bytes(b"a")
+    assert store.path("whisper") == (a / "whisper" / "tiny.pt").resolve()
+
+
+def test_manifest_covers_the_official_bundle():
+    paths = {m.path for m in MANIFEST}
+    for expected in ["BFM/BFM_model_front.mat", "face_recon_feat0.2_augment/epoch_20.pth", "whisper/tiny.pt",
+                     "audio2motion/240210_real3dportrait_orig/audio2secc_vae/model_ckpt_steps_400000.ckpt",
+                     "audio2motion/240210_real3dportrait_orig/audio2secc_vae/config.yaml",
+                     "audio2motion/hubert", "joygen", "sd-vae-ft-mse", "face-parse-bisent/79999_iter.pth"]:
+        assert expected in paths
+
+
+def test_check_state_dict_names_the_problem():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    sd = net.state_dict()
+    check_state_dict(dict(sd), net, "f.pth", what="toy")
+    bad = dict(sd)
+    bad["1.weight"] = torch.zeros(5, 4)
+    del bad["0.bias"]
+    bad["extra"] = torch.zeros(1)
+    with pytest.raises(ModelFileError) as err:
+        check_state_dict(bad, net, "f.pth", what="toy")
+    msg = str(err.value)
+    assert "0.bias" in msg and "extra" in msg and "1.weight" in msg and "(5, 4)" in msg
+
+
+def test_cli_models_table(tmp_path):
+    root = tmp_path / "joygen"
+    (root / "whisper").mkdir(parents=True)
+    (root / "whisper" / "tiny.pt").write_bytes(b"x")
+    out = subprocess.run([sys.executable, "-m", "joygen_core", "models", "--models", str(root)],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    line = next(row for row in out.splitlines() if "whisper/tiny.pt" in row)
+    assert line.startswith("present")
+    assert any(row.startswith("MISSING") and "BFM/BFM_model_front.mat" in row for row in out.splitlines())
+
+
+def test_download_places_hub_pieces_in_the_official_layout(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from joygen_core import download as dl
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, local_dir, allow_patterns: calls.append((repo_id, local_dir)))
+    out = dl.download(tmp_path, ["vae", "hubert"])
+    assert calls == [("stabilityai/sd-vae-ft-mse", str(tmp_path / "sd-vae-ft-mse")),
+                     ("facebook/hubert-large-ls960-ft", str(tmp_path / "audio2motion" / "hubert"))]
+    assert out[0] == tmp_path / "sd-vae-ft-mse"
+    with pytest.raises(ModelFileError, match="Not on the Hugging Face hub"):
+        dl.download(tmp_path, ["joygen_unet"])
