@@ -52,9 +52,9 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
 
-    from factory import audio as fa
     from transformers import HubertConfig, HubertModel
 
+    from factory import audio as fa
     from joygen_core.audio.whisper import load_whisper_encoder, whisper_features
     from joygen_core.motion.a2m import audio_to_motion, load_a2m
 

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 import torch
-from factory import audio as factory_audio
 
+from factory import audio as factory_audio
 from joygen_core.audio.hubert import load_hubert
 from joygen_core.errors import ModelFileError
 from joygen_core.motion import Motion
