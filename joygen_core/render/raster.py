@@ -215,12 +215,15 @@ def _clip_triangles(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rasterize_clip_torch(pos: torch.Tensor, tri: torch.Tensor, size: int,
-                         max_triangles_per_chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+                         max_triangles_per_chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
     """Our rasterizer on clip-space vertices [B,N,4] -> (interpolated w [B,S,S], covered [B,S,S]).
 
     Nearest wins by interpolated w, which orders surfaces like nvdiffrast's z/w for any projection
-    whose z/w increases with w (every standard perspective projection, ours included).
+    whose z/w increases with w (every standard perspective projection, ours included). Frames are
+    processed in chunks of about ``max_triangles_per_chunk`` triangles (small chunks stay in cache).
     """
+    if size > 2047:
+        raise ValueError("size must be below 2048 (the cudaraster viewport limit)")
     B, N = pos.shape[:2]
     F = int(tri.shape[0])
     depth = torch.full((B * size * size,), float("inf"), device=pos.device, dtype=torch.float32)
@@ -228,114 +231,116 @@ def rasterize_clip_torch(pos: torch.Tensor, tri: torch.Tensor, size: int,
         tri = tri.to(pos.device).long()
         if int(tri.min()) < 0 or int(tri.max()) >= N:
             raise ValueError(f"triangle indices must lie in [0, {N - 1}]")
+        tri_t = tri.t().contiguous()  # [3,F]: corner-major layout keeps per-corner columns contiguous
         step = max(1, max_triangles_per_chunk // F)
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            _raster_chunk(pos[b0:b1].float().contiguous(), tri, size, depth, b0)
+            _raster_chunk(pos[b0:b1].float().contiguous(), tri, tri_t, size, depth, b0)
     depth = depth.view(B, size, size)
     covered = torch.isfinite(depth)
     return torch.where(covered, depth, torch.zeros_like(depth)), covered
 
 
-def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, S: int, depth_out: torch.Tensor, b_offset: int) -> None:
-    B, N = pos.shape[:2]
-    F = tri.shape[0]
-    dev = pos.device
+def _snap_pack(pos: torch.Tensor, S: int) -> torch.Tensor:
+    """Per vertex: snapped corner-frame coordinates packed as X | Y << 16 (int32), or -1 outside the frustum."""
     x, y, z, w = pos.unbind(-1)
-    finite = torch.isfinite(pos).all(-1)
-    inside = finite & (w >= torch.maximum(torch.maximum(x.abs(), y.abs()), z.abs()))
+    inside = (w >= torch.maximum(torch.maximum(x.abs(), y.abs()), z.abs())) & torch.isfinite(w)
     sx, sy = _snap(x, y, w, S)
     bias = S << (SUBPIXEL_LOG2 - 1)
-    sx += bias
-    sy += bias
+    packed = (sx + bias) | ((sy + bias) << 16)
+    return torch.where(inside, packed, torch.full_like(packed, -1))
 
-    flat_v = (tri[None] + (torch.arange(B, device=dev) * N)[:, None, None]).reshape(-1)  # [B*F*3]
-    ins = inside.reshape(-1)[flat_v].view(-1, 3)
-    fin = finite.reshape(-1)[flat_v].view(-1, 3).all(1)
-    fast = ins.all(1)
-    px = sx.reshape(-1)[flat_v].view(-1, 3)
-    py = sy.reshape(-1)[flat_v].view(-1, 3)
-    owner = torch.arange(B * F, device=dev)
 
-    # Triangles not fully inside the frustum: cull if all corners are outside one plane, else clip.
-    slow = (~fast & fin).nonzero().squeeze(1)
+def _candidate_box(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Pixel index range whose centres (16*i + 8) lie in the snapped bounding box of corners [3,K]."""
+    lo_x = (torch.minimum(torch.minimum(X[0], X[1]), X[2]) + (_SUB // 2 - 1)) >> SUBPIXEL_LOG2
+    hi_x = (torch.maximum(torch.maximum(X[0], X[1]), X[2]) - _SUB // 2) >> SUBPIXEL_LOG2
+    lo_y = (torch.minimum(torch.minimum(Y[0], Y[1]), Y[2]) + (_SUB // 2 - 1)) >> SUBPIXEL_LOG2
+    hi_y = (torch.maximum(torch.maximum(Y[0], Y[1]), Y[2]) - _SUB // 2) >> SUBPIXEL_LOG2
+    return lo_x, hi_x, lo_y, hi_y
+
+
+def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: int, depth_out: torch.Tensor,
+                  b_offset: int) -> None:
+    B, N = pos.shape[:2]
+    F = tri.shape[0]
+    T = B * F
+    dev = pos.device
+    packed = _snap_pack(pos, S).view(-1)
+    flat_v = (tri_t[:, None, :] + (torch.arange(B, device=dev) * N)[None, :, None]).reshape(3, T)
+    g = packed.index_select(0, flat_v.reshape(-1)).view(3, T)
+    any_out = (g[0] | g[1] | g[2]) < 0
+    X = g & 0xFFFF
+    Y = g >> 16
+    lo_x, hi_x, lo_y, hi_y = _candidate_box(X, Y)
+    keep = ((hi_x >= lo_x) & (hi_y >= lo_y) & ~any_out).nonzero().squeeze(1)
+    g = g.index_select(1, keep)
+    X = g & 0xFFFF
+    Y = g >> 16
+    lo_x, hi_x, lo_y, hi_y = _candidate_box(X, Y)
+    owner = keep
+
+    # Triangles not fully inside the frustum: cull if all corners are outside one plane, else clip
+    # into a fan of sub-triangles that are snapped on their own (cudaraster triangleSetup).
+    slow = any_out.nonzero().squeeze(1)
     if slow.numel():
-        vs = pos.reshape(-1, 4)[flat_v.view(-1, 3)[slow]]  # [K,3,4]
+        vs = pos.view(-1, 4).index_select(0, flat_v[:, slow].t().reshape(-1)).view(-1, 3, 4)
         xw, ww = vs[..., :3], vs[..., 3:4]
-        out_all = ((ww < xw).all(1) | (ww < -xw).all(1)).any(1)
-        slow, vs = slow[~out_all], vs[~out_all]
+        drop = ((ww < xw).all(1) | (ww < -xw).all(1)).any(1) | ~torch.isfinite(vs).all(2).all(1)
+        slow, vs = slow[~drop], vs[~drop]
         if slow.numel():
             sub, rows = _clip_triangles(vs)
             qx, qy = _snap(sub[..., 0], sub[..., 1], sub[..., 3], S)
-            keep_fast = fast.nonzero().squeeze(1)
-            px = torch.cat([px[keep_fast], qx + bias])
-            py = torch.cat([py[keep_fast], qy + bias])
-            owner = torch.cat([keep_fast, slow[rows]])
-        else:
-            keep_fast = fast.nonzero().squeeze(1)
-            px, py, owner = px[keep_fast], py[keep_fast], keep_fast
-    elif not bool(fast.all()):
-        keep_fast = fast.nonzero().squeeze(1)
-        px, py, owner = px[keep_fast], py[keep_fast], keep_fast
-
-    # Candidate pixel centres (16*i + 8) inside the snapped bounding box, clamped to the image.
-    lo_x = ((px.amin(1) + (_SUB // 2 - 1)) >> SUBPIXEL_LOG2).clamp_(min=0)
-    hi_x = ((px.amax(1) - _SUB // 2) >> SUBPIXEL_LOG2).clamp_(max=S - 1)
-    lo_y = ((py.amin(1) + (_SUB // 2 - 1)) >> SUBPIXEL_LOG2).clamp_(min=0)
-    hi_y = ((py.amax(1) - _SUB // 2) >> SUBPIXEL_LOG2).clamp_(max=S - 1)
+            bias = S << (SUBPIXEL_LOG2 - 1)
+            qx, qy = (qx + bias).t(), (qy + bias).t()
+            qlo_x, qhi_x, qlo_y, qhi_y = _candidate_box(qx, qy)
+            qlo_x.clamp_(min=0)
+            qlo_y.clamp_(min=0)
+            qhi_x.clamp_(max=S - 1)
+            qhi_y.clamp_(max=S - 1)
+            X, Y = torch.cat([X, qx], 1), torch.cat([Y, qy], 1)
+            lo_x, hi_x = torch.cat([lo_x, qlo_x]), torch.cat([hi_x, qhi_x])
+            lo_y, hi_y = torch.cat([lo_y, qlo_y]), torch.cat([hi_y, qhi_y])
+            owner = torch.cat([owner, slow[rows]])
+    if owner.numel() == 0:
+        return
     nx = hi_x - lo_x + 1
     ny = hi_y - lo_y + 1
-    # Edge vectors of (0->1, 1->2, 2->0) and the signed doubled area; zero area (after snapping) is culled.
-    dx = px[:, [1, 2, 0]] - px
-    dy = py[:, [1, 2, 0]] - py
-    area = dx[:, 0] * dy[:, 1] - dy[:, 0] * dx[:, 1]
-    keep = ((nx > 0) & (ny > 0) & (area != 0)).nonzero().squeeze(1)
-    if keep.numel() == 0:
-        return
-    px, py, dx, dy, area, owner = px[keep], py[keep], dx[keep], dy[keep], area[keep], owner[keep]
-    lo_x, lo_y, nx, ny = lo_x[keep], lo_y[keep], nx[keep], ny[keep]
 
-    # No back-face culling: orient every triangle positively (cudaraster swaps corners 1 and 2, which
-    # reverses every edge and negates every edge function). Tie rule (cudaraster cover8x8, top-left):
-    # an edge whose oriented direction has dy > 0, or dy == 0 and dx <= 0, excludes samples on it.
-    sgn = torch.where(area > 0, 1, -1).to(torch.int32)[:, None]
-    dx = dx * sgn
-    dy = dy * sgn
+    # Edges (0->1, 1->2, 2->0). No back-face culling: orient every triangle positively (cudaraster
+    # swaps corners 1 and 2, which reverses every edge and negates every edge function); zero area
+    # after snapping gives sgn 0, all-zero edges, and then the tie bias below rejects every sample.
+    dx = X[[1, 2, 0]] - X
+    dy = Y[[1, 2, 0]] - Y
+    sgn = torch.sign(dx[0] * dy[1] - dy[0] * dx[1])
+    dx *= sgn
+    dy *= sgn
+    # Tie rule (cudaraster cover8x8, top-left): an edge whose oriented direction has dy > 0, or dy == 0
+    # and dx <= 0, excludes samples lying exactly on it. Edge function E = (a - s) x d; covered iff
+    # E - excl >= 0 on all three edges.
     excl = ((dy > 0) | ((dy == 0) & (dx <= 0))).to(torch.int32)
-    # Edge function at the first candidate centre: E = (a - s) x d, covered iff E - excl >= 0 on all edges.
     s0x = (lo_x << SUBPIXEL_LOG2) + _SUB // 2
     s0y = (lo_y << SUBPIXEL_LOG2) + _SUB // 2
-    e0 = (px - s0x[:, None]) * dy - (py - s0y[:, None]) * dx - excl  # [T,3] int32
+    e0 = (X - s0x) * dy - (Y - s0y) * dx - excl  # [3,K] int32 at the first candidate centre
     ex = dy * -_SUB  # change per pixel step in x
     ey = dx * _SUB  # per pixel step in y
 
-    one = (nx == 1) & (ny == 1)
-    small = ~one & (nx <= 2) & (ny <= 2)
-    big = ~(one | small)
-    hits_t, hits_i, hits_j = [], [], []
+    # The first 2x2 candidates of every triangle, densely (most BFM triangles at 224 have 1 or 2).
+    e10 = e0 + ex
+    e01 = e0 + ey
+    e11 = e10 + ey
+    wide = nx >= 2
+    tall = ny >= 2
+    cov = torch.stack([(e0[0] | e0[1] | e0[2]) >= 0,
+                       ((e10[0] | e10[1] | e10[2]) >= 0) & wide,
+                       ((e01[0] | e01[1] | e01[2]) >= 0) & tall,
+                       ((e11[0] | e11[1] | e11[2]) >= 0) & wide & tall])
+    c, t = cov.nonzero(as_tuple=True)
+    c = c.to(torch.int32)
+    hits_t, hits_i, hits_j = [t], [lo_x.index_select(0, t) + (c & 1)], [lo_y.index_select(0, t) + (c >> 1)]
 
-    t = one.nonzero().squeeze(1)
-    if t.numel():
-        e = e0[t]
-        cov = (e[:, 0] | e[:, 1] | e[:, 2]) >= 0
-        t = t[cov]
-        hits_t.append(t)
-        hits_i.append(lo_x[t])
-        hits_j.append(lo_y[t])
-
-    t = small.nonzero().squeeze(1)
-    if t.numel():
-        oi = torch.tensor([0, 1, 0, 1], device=dev, dtype=torch.int32)
-        oj = torch.tensor([0, 0, 1, 1], device=dev, dtype=torch.int32)
-        e = e0[t][:, None, :] + ex[t][:, None, :] * oi[None, :, None] + ey[t][:, None, :] * oj[None, :, None]
-        cov = ((e[..., 0] | e[..., 1] | e[..., 2]) >= 0) & (oi[None] < nx[t][:, None]) & (oj[None] < ny[t][:, None])
-        r, c = cov.nonzero(as_tuple=True)
-        tt = t[r]
-        hits_t.append(tt)
-        hits_i.append(lo_x[tt] + oi[c])
-        hits_j.append(lo_y[tt] + oj[c])
-
-    t = big.nonzero().squeeze(1)
+    # The rest of larger bounding boxes: exact variable-length enumeration (few triangles).
+    t = ((nx > 2) | (ny > 2)).nonzero().squeeze(1)
     if t.numel():
         cnt = (nx[t] * ny[t]).long()
         r = torch.repeat_interleave(torch.arange(t.numel(), device=dev), cnt)
@@ -344,8 +349,8 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, S: int, depth_out: torch
         tt = t[r]
         oi = local % nx[tt]
         oj = local // nx[tt]
-        e = e0[tt] + ex[tt] * oi[:, None] + ey[tt] * oj[:, None]
-        cov = (e[:, 0] | e[:, 1] | e[:, 2]) >= 0
+        e = e0[:, tt] + ex[:, tt] * oi + ey[:, tt] * oj
+        cov = ((e[0] | e[1] | e[2]) >= 0) & ((oi >= 2) | (oj >= 2))
         tt, oi, oj = tt[cov], oi[cov], oj[cov]
         hits_t.append(tt)
         hits_i.append(lo_x[tt] + oi)
@@ -358,34 +363,33 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, S: int, depth_out: torch
     hj = torch.cat(hits_j)
     own = owner[ht]
     b = own // F
-    d = _pixel_depth(pos, tri, b, own - b * F, hi, hj, S)
-    pix = ((b + b_offset) * S + hj.long()) * S + hi.long()
+    d = _pixel_depth(pos, flat_v, own, hi, hj, S)
+    pix = ((b + b_offset) * S + hj) * S + hi
     depth_out.scatter_reduce_(0, pix, d, reduce="amin")
 
 
-def _pixel_depth(pos: torch.Tensor, tri: torch.Tensor, b: torch.Tensor, f: torch.Tensor, i: torch.Tensor,
-                 j: torch.Tensor, S: int) -> torch.Tensor:
-    """Perspective-correct w at pixel centres (i, j) of triangles f in frames b, as nvdiffrast computes it.
+def _pixel_depth(pos: torch.Tensor, flat_v: torch.Tensor, own: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+                 S: int) -> torch.Tensor:
+    """Perspective-correct w at pixel centres (i, j) of triangles ``own`` (columns of ``flat_v``), as nvdiffrast.
 
     nvdiffrast ``RasterizeCudaFwdShaderKernel``: homogeneous edge functions of the unsnapped corners
     relative to the pixel centre, barycentrics saturated to [0,1] with their sum clamped to 1; then
     ``interpolate``: a = b0*a0 + b1*a1 + (1-b0-b1)*a2 with a = clip w (camera Zc).
     """
-    N = pos.shape[1]
-    v = pos.reshape(-1, 4)[(tri[f] + (b * N)[:, None]).reshape(-1)].view(-1, 3, 4)
+    n = own.numel()
+    v = pos.view(-1, 4).index_select(0, flat_v.index_select(1, own).view(-1)).view(3, n, 4)
     fx = (2.0 / S) * i.float() + (1.0 / S - 1.0)
     fy = (2.0 / S) * j.float() + (1.0 / S - 1.0)
     w = v[..., 3]
-    qx = v[..., 0] - fx[:, None] * w
-    qy = v[..., 1] - fy[:, None] * w
-    a0 = qx[:, 1] * qy[:, 2] - qy[:, 1] * qx[:, 2]
-    a1 = qx[:, 2] * qy[:, 0] - qy[:, 2] * qx[:, 0]
-    a2 = qx[:, 0] * qy[:, 1] - qy[:, 0] * qx[:, 1]
+    qx = v[..., 0] - fx * w
+    qy = v[..., 1] - fy * w
+    a0 = qx[1] * qy[2] - qy[1] * qx[2]
+    a1 = qx[2] * qy[0] - qy[2] * qx[0]
+    a2 = qx[0] * qy[1] - qy[0] * qx[1]
     iw = 1.0 / (a0 + a1 + a2)
     b0 = torch.nan_to_num(a0 * iw, nan=0.0).clamp_(0.0, 1.0)
     b1 = torch.nan_to_num(a1 * iw, nan=0.0).clamp_(0.0, 1.0)
     bs = 1.0 / torch.clamp(b0 + b1, min=1.0)
     b0 = b0 * bs
     b1 = b1 * bs
-    return b0 * w[:, 0] + b1 * w[:, 1] + (1.0 - b0 - b1) * w[:, 2]
-
+    return b0 * w[0] + b1 * w[1] + (1.0 - b0 - b1) * w[2]
