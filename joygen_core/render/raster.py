@@ -99,7 +99,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 def rasterize_depth(v_cam: torch.Tensor, tri: torch.Tensor, size: int = RENDER_SIZE, backend: str = "auto", *,
                     focal: float = FOCAL, center: float = CENTER, znear: float = ZNEAR, zfar: float = ZFAR,
-                    max_triangles_per_chunk: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_triangles_per_chunk: int = 150_000) -> tuple[torch.Tensor, torch.Tensor]:
     """Render camera-space depth of a batch of meshes sharing one topology.
 
     ``v_cam`` [B,N,3] (X, Y, Zc; official ``z_cam = 10 - z``), ``tri`` [F,3] vertex indices.
@@ -215,7 +215,7 @@ def _clip_triangles(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def rasterize_clip_torch(pos: torch.Tensor, tri: torch.Tensor, size: int,
-                         max_triangles_per_chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+                         max_triangles_per_chunk: int = 150_000) -> tuple[torch.Tensor, torch.Tensor]:
     """Our rasterizer on clip-space vertices [B,N,4] -> (interpolated w [B,S,S], covered [B,S,S]).
 
     Nearest wins by interpolated w, which orders surfaces like nvdiffrast's z/w for any projection
