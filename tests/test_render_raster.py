@@ -39,8 +39,11 @@ def mesh_from_pixels(points, zc, size=224):
 # ----------------------------------------------------------------------------- dense reference
 
 
-def dense_reference(pos: torch.Tensor, tri: torch.Tensor, size: int):
-    """Every triangle x every pixel, float64 where it does not matter, cudaraster's integer rules where it does."""
+def dense_reference(pos: torch.Tensor, tri: torch.Tensor, size: int, frustum: bool = True):
+    """Every triangle x every pixel, float64 where it does not matter, cudaraster's integer rules where it does.
+
+    ``frustum=False``: triangles reaching outside the frame are snapped whole instead of skipped (no clipping).
+    """
     B = pos.shape[0]
     depth = torch.full((B, size, size), math.inf, dtype=torch.float64)
     c = (torch.arange(size) * 16 + 8).long()
@@ -49,7 +52,7 @@ def dense_reference(pos: torch.Tensor, tri: torch.Tensor, size: int):
         for f in range(tri.shape[0]):
             v = pos[b, tri[f]]  # [3,4] float32
             x, y, zz, w = v.unbind(-1)
-            if not (w >= torch.maximum(torch.maximum(x.abs(), y.abs()), zz.abs())).all():
+            if frustum and not (w >= torch.maximum(torch.maximum(x.abs(), y.abs()), zz.abs())).all():
                 continue  # the reference only handles triangles inside the frustum
             scale = float(size * 8)
             rcp = 1.0 / w
@@ -269,6 +272,22 @@ def test_clipping_near_plane_and_frame_border():
         far[..., 2] = z
         d, c = rasterize_depth(far, torch.tensor([[0, 1, 2], [0, 2, 3]]), size=size, backend="torch")
         assert not c.any() and (d == 0).all()
+
+
+def test_clipped_at_the_frame_border_like_unclipped():
+    """Triangles reaching far outside the frame are clipped into fans; inside the frame they cover what the
+    whole triangle covers, except pixels whose centres lie within snapping distance of an edge."""
+    size = 32
+    pts = [(-30.3, 10.2), (20.7, -15.1), (25.2, 40.9), (50.1, 3.3), (8.4, 60.2), (31.0, 31.0),
+           (-8.0, -9.0), (40.0, 12.5), (12.0, 45.0)]
+    v = mesh_from_pixels(pts, [9.0, 10.0, 11.0] * 3, size)
+    tri = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    pos = clip_from_camera(v)
+    d, c = rasterize_clip_torch(pos, tri, size)
+    rd, rc = dense_reference(pos, tri, size, frustum=False)
+    assert int((c != rc).sum()) <= 3 and c.sum() > 300
+    both = c & rc
+    assert torch.allclose(d[both].double(), rd[both], rtol=1e-4)
 
 
 def test_bad_input_no_crash_no_nan():
