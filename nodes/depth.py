@@ -15,7 +15,7 @@ class JoyGenRenderDepth:
             "required": {
                 "face_track": ("JOYGEN_FACE_TRACK", {"tooltip": "Per-frame 3DMM face track from JoyGen 3DMM "
                                "Reconstruct (identity, pose and alignment of each frame)."}),
-                "recon_models": ("JOYGEN_RECON_MODELS", {"tooltip": "The 3DMM models from the JoyGen 3DMM loader; "
+                "recon_models": ("JOYGEN_RECON_MODELS", {"tooltip": "The 3DMM models from JoyGen Load 3DMM Models; "
                                  "only its BFM face model (with the 468-point index) is used here."}),
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": "Rasterizer: auto (nvdiffrast on a CUDA "
                             "device when installed, else ours), torch (ours: batched PyTorch on any device, follows "
@@ -41,7 +41,7 @@ class JoyGenRenderDepth:
 
         bfm = getattr(recon_models, "bfm", None)
         if bfm is None:
-            raise ValueError("recon_models has no BFM face model: connect the output of the JoyGen 3DMM loader")
+            raise ValueError("recon_models has no BFM face model: connect the output of JoyGen Load 3DMM Models")
         exp = None
         if motion is not None:
             exp = motion.exp

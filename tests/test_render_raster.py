@@ -15,6 +15,7 @@ from joygen_core.render.raster import (
     CENTER,
     FOCAL,
     clip_from_camera,
+    nvdiffrast_available,
     rasterize_clip_torch,
     rasterize_depth,
     resolve_backend,
@@ -317,3 +318,15 @@ def test_backend_choice():
         resolve_backend("nvdiffrast", "cpu")
     with pytest.raises(ValueError, match="Unknown"):
         resolve_backend("opengl", "cpu")
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and nvdiffrast_available()), reason="needs CUDA and nvdiffrast")
+def test_torch_backend_matches_nvdiffrast_on_cuda():
+    gen = torch.Generator().manual_seed(7)
+    v, tri = random_mesh(400, 224, gen, max_edge=8.0)
+    v, tri = v.cuda(), tri.cuda()
+    d0, c0 = rasterize_depth(v, tri, backend="torch")
+    d1, c1 = rasterize_depth(v, tri, backend="nvdiffrast")
+    assert int((c0 != c1).sum()) <= 2
+    both = c0 & c1
+    assert torch.allclose(d0[both], d1[both], rtol=1e-5)

@@ -272,8 +272,7 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: 
     T = B * F
     dev = pos.device
     packed = _snap_pack(pos, S).view(-1)
-    flat_v = (tri_t[:, None, :] + (torch.arange(B, device=dev) * N)[None, :, None]).reshape(3, T)
-    g = packed.index_select(0, flat_v.reshape(-1)).view(3, T)
+    g = packed.view(B, N).index_select(1, tri_t.view(-1)).view(B, 3, F).transpose(0, 1).reshape(3, T)
     any_out = (g[0] | g[1] | g[2]) < 0
     X = g & 0xFFFF
     Y = g >> 16
@@ -289,7 +288,7 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: 
     # into a fan of sub-triangles that are snapped on their own (cudaraster triangleSetup).
     slow = any_out.nonzero().squeeze(1)
     if slow.numel():
-        vs = pos.view(-1, 4).index_select(0, flat_v[:, slow].t().reshape(-1)).view(-1, 3, 4)
+        vs = pos.view(-1, 4).index_select(0, _vertex_rows(tri_t, slow, F, N).t().reshape(-1)).view(-1, 3, 4)
         xw, ww = vs[..., :3], vs[..., 3:4]
         drop = ((ww < xw).all(1) | (ww < -xw).all(1)).any(1) | ~torch.isfinite(vs).all(2).all(1)
         slow, vs = slow[~drop], vs[~drop]
@@ -368,21 +367,26 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: 
     hj = torch.cat(hits_j)
     own = owner[ht]
     b = own // F
-    d = _pixel_depth(pos, flat_v, own, hi, hj, S)
+    d = _pixel_depth(pos, _vertex_rows(tri_t, own, F, N), hi, hj, S)
     pix = ((b + b_offset) * S + hj) * S + hi
     depth_out.scatter_reduce_(0, pix, d, reduce="amin")
 
 
-def _pixel_depth(pos: torch.Tensor, flat_v: torch.Tensor, own: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                 S: int) -> torch.Tensor:
-    """Perspective-correct w at pixel centres (i, j) of triangles ``own`` (columns of ``flat_v``), as nvdiffrast.
+def _vertex_rows(tri_t: torch.Tensor, own: torch.Tensor, F: int, N: int) -> torch.Tensor:
+    """Rows of the flattened [B*N] vertex array for the corners of chunk triangles ``own`` (= b*F + f) -> [3,n]."""
+    b = own // F
+    return tri_t.index_select(1, own - b * F) + b * N
+
+
+def _pixel_depth(pos: torch.Tensor, rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor, S: int) -> torch.Tensor:
+    """Perspective-correct w at pixel centres (i, j) of triangles with corner rows ``rows`` [3,n], as nvdiffrast.
 
     nvdiffrast ``RasterizeCudaFwdShaderKernel``: homogeneous edge functions of the unsnapped corners
     relative to the pixel centre, barycentrics saturated to [0,1] with their sum clamped to 1; then
     ``interpolate``: a = b0*a0 + b1*a1 + (1-b0-b1)*a2 with a = clip w (camera Zc).
     """
-    n = own.numel()
-    v = pos.view(-1, 4).index_select(0, flat_v.index_select(1, own).view(-1)).view(3, n, 4)
+    n = rows.shape[1]
+    v = pos.view(-1, 4).index_select(0, rows.reshape(-1)).view(3, n, 4)
     fx = (2.0 / S) * i.float() + (1.0 / S - 1.0)
     fy = (2.0 / S) * j.float() + (1.0 / S - 1.0)
     w = v[..., 3]
