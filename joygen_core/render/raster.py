@@ -238,22 +238,32 @@ def rasterize_clip_torch(pos: torch.Tensor, tri: torch.Tensor, size: int,
         if max_triangles_per_chunk is None:
             max_triangles_per_chunk = CHUNK_GPU if pos.device.type == "cuda" else CHUNK_CPU
         step = max(1, max_triangles_per_chunk // F)
+        cache: dict = {}
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            _raster_chunk(pos[b0:b1].float().contiguous(), tri, tri_t, size, depth, b0)
+            _raster_chunk(pos[b0:b1].float().contiguous(), tri, tri_t, size, depth, b0, cache)
     depth = depth.view(B, size, size)
     covered = torch.isfinite(depth)
     return torch.where(covered, depth, torch.zeros_like(depth)), covered
 
 
-def _snap_pack(pos: torch.Tensor, S: int) -> torch.Tensor:
-    """Per vertex: snapped corner-frame coordinates packed as X | Y << 16 (int32), or -1 outside the frustum."""
-    x, y, z, w = pos.unbind(-1)
-    inside = (w >= torch.maximum(torch.maximum(x.abs(), y.abs()), z.abs())) & torch.isfinite(w)
-    sx, sy = _snap(x, y, w, S)
+def _snap_pack(comp: torch.Tensor, S: int) -> torch.Tensor:
+    """Per vertex (``comp`` = x, y, z, w rows [4,V]): snapped corner-frame coordinates packed as X | Y << 16
+    (int32), or -1 outside the frustum (those triangles go through the clipper).
+
+    Inside means w >= max(|x|, |y|, |z|) with 0 < w < inf, so |x/w| <= 1 and the conversion needs no
+    saturation (cudaraster's fast path takes the same vertices, except the degenerate w = 0 point).
+    """
+    x, y, z, w = comp.unbind(0)
+    m = torch.maximum(torch.maximum(x.abs(), y.abs()), z.abs())
+    inside = (w >= m) & (w > 0) & (w < float("inf"))
+    scale = float(S << (SUBPIXEL_LOG2 - 1))
+    rcp = 1.0 / w
     bias = S << (SUBPIXEL_LOG2 - 1)
-    packed = (sx + bias) | ((sy + bias) << 16)
-    return torch.where(inside, packed, torch.full_like(packed, -1))
+    sx = torch.round((x * rcp) * scale).to(torch.int32) + bias  # cvt.rni: round half to even
+    sy = torch.round((y * rcp) * scale).to(torch.int32) + bias
+    packed = sx | (sy << 16)
+    return torch.where(inside, packed, -1)
 
 
 def _candidate_box(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -266,19 +276,20 @@ def _candidate_box(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, ...]
 
 
 def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: int, depth_out: torch.Tensor,
-                  b_offset: int) -> None:
+                  b_offset: int, cache: dict) -> None:
     B, N = pos.shape[:2]
     F = tri.shape[0]
     T = B * F
     dev = pos.device
-    packed = _snap_pack(pos, S).view(-1)
-    g = packed.view(B, N).index_select(1, tri_t.view(-1)).view(B, 3, F).transpose(0, 1).reshape(3, T)
+    comp = pos.permute(2, 0, 1).reshape(4, B * N)  # x, y, z, w rows: contiguous per component
+    packed = _snap_pack(comp, S)
+    g = packed.index_select(0, _corner_rows(tri_t, B, N, cache)).view(3, T)
     any_out = (g[0] | g[1] | g[2]) < 0
     X = g & 0xFFFF
     Y = g >> 16
     lo_x, hi_x, lo_y, hi_y = _candidate_box(X, Y)
     keep = ((hi_x >= lo_x) & (hi_y >= lo_y) & ~any_out).nonzero().squeeze(1)
-    g = g.index_select(1, keep)
+    g = _take_cols(g, keep)
     X = g & 0xFFFF
     Y = g >> 16
     lo_x, hi_x, lo_y, hi_y = _candidate_box(X, Y)
@@ -367,7 +378,7 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: 
     hj = torch.cat(hits_j)
     own = owner[ht]
     b = own // F
-    d = _pixel_depth(pos, _vertex_rows(tri_t, own, F, N), hi, hj, S)
+    d = _pixel_depth(comp, _vertex_rows(tri_t, own, F, N), hi, hj, S)
     pix = ((b + b_offset) * S + hj) * S + hi
     depth_out.scatter_reduce_(0, pix, d, reduce="amin")
 
@@ -375,10 +386,26 @@ def _raster_chunk(pos: torch.Tensor, tri: torch.Tensor, tri_t: torch.Tensor, S: 
 def _vertex_rows(tri_t: torch.Tensor, own: torch.Tensor, F: int, N: int) -> torch.Tensor:
     """Rows of the flattened [B*N] vertex array for the corners of chunk triangles ``own`` (= b*F + f) -> [3,n]."""
     b = own // F
-    return tri_t.index_select(1, own - b * F) + b * N
+    return _take_cols(tri_t, own - b * F) + b * N
 
 
-def _pixel_depth(pos: torch.Tensor, rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor, S: int) -> torch.Tensor:
+def _take_cols(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``a[:, idx]`` for a [3,T] tensor, one row at a time (1-D index_select is several times faster)."""
+    out = a.new_empty(a.shape[0], idx.numel())
+    for k in range(a.shape[0]):
+        torch.index_select(a[k], 0, idx, out=out[k])
+    return out
+
+
+def _corner_rows(tri_t: torch.Tensor, B: int, N: int, cache: dict) -> torch.Tensor:
+    """Flat vertex rows [3*B*F] (corner-major, then frame, then triangle) of B frames; built once per call."""
+    rows = cache.get(B)
+    if rows is None:
+        rows = cache[B] = (tri_t[:, None, :] + (torch.arange(B, device=tri_t.device) * N)[None, :, None]).reshape(-1)
+    return rows
+
+
+def _pixel_depth(comp: torch.Tensor, rows: torch.Tensor, i: torch.Tensor, j: torch.Tensor, S: int) -> torch.Tensor:
     """Perspective-correct w at pixel centres (i, j) of triangles with corner rows ``rows`` [3,n], as nvdiffrast.
 
     nvdiffrast ``RasterizeCudaFwdShaderKernel``: homogeneous edge functions of the unsnapped corners
@@ -386,12 +413,12 @@ def _pixel_depth(pos: torch.Tensor, rows: torch.Tensor, i: torch.Tensor, j: torc
     ``interpolate``: a = b0*a0 + b1*a1 + (1-b0-b1)*a2 with a = clip w (camera Zc).
     """
     n = rows.shape[1]
-    v = pos.view(-1, 4).index_select(0, rows.reshape(-1)).view(3, n, 4)
+    r = rows.reshape(-1)
+    x, y, w = (comp[c].index_select(0, r).view(3, n) for c in (0, 1, 3))
     fx = (2.0 / S) * i.float() + (1.0 / S - 1.0)
     fy = (2.0 / S) * j.float() + (1.0 / S - 1.0)
-    w = v[..., 3]
-    qx = v[..., 0] - fx * w
-    qy = v[..., 1] - fy * w
+    qx = x - fx * w
+    qy = y - fy * w
     a0 = qx[1] * qy[2] - qy[1] * qx[2]
     a1 = qx[2] * qy[0] - qy[2] * qx[0]
     a2 = qx[0] * qy[1] - qy[0] * qx[1]
