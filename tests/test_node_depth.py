@@ -130,3 +130,19 @@ def test_render_depth_node(pack, bfm):
         JoyGenRenderDepth().render(track, handle, "auto", motion=SimpleNamespace(exp=torch.zeros(5, 64), fps=25.0))
     with pytest.raises(ValueError, match="BFM"):
         JoyGenRenderDepth().render(track, SimpleNamespace(), "auto")
+
+
+def test_bad_frames_give_black_maps(bfm):
+    """NaN expressions, an empty face box, a box reaching outside the frame: no crash, no NaN."""
+    track = small_track(4)
+    track.detected[1] = True
+    track.align[1] = track.align[0]
+    track.box[2] = torch.tensor([100, 100, 100, 150])  # zero width
+    track.box[3] = torch.tensor([-60, 20, 200, 230])  # partly outside the 256x256 frame
+    exp = torch.zeros(4, 64)
+    exp[1] = float("nan")
+    mouth, face = render_mouth_depth(track, exp, bfm, backend="torch")
+    assert torch.isfinite(mouth).all() and torch.isfinite(face).all()
+    assert (mouth[1] == 0).all() and (face[1] == 0).all()
+    assert (mouth[2] == 0).all() and face[2].max() == 1.0
+    assert mouth[3].max() > 0 and (mouth[3, :128] == 0).all()
