@@ -1,0 +1,130 @@
+"""HuBERT-large features for audio-to-motion (Real3DPortrait convention), with transformers' HubertModel.
+
+Official (``extract_hubert.py``): the Wav2Vec2 processor normalises the whole clip to zero mean / unit variance,
+then the model runs on clips of 320*1000 samples (+80 so each gives exactly 1000 frames), the remainder last;
+the result has ``(N-80)//320`` frames of ``last_hidden_state`` (1024-d, 50 Hz).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+STRIDE = 320  # product of the conv feature extractor strides
+KERNEL = 400  # receptive field of the conv feature extractor
+CLIP = STRIDE * 1000  # official chunk: 1000 output frames
+
+
+def load_hubert(folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """An HF HuBERT folder (official ``audio2motion/hubert`` = facebook/hubert-large-ls960-ft) -> HubertModel.
+
+    The folder's CTC head (``lm_head``) is not used; any other missing or unexpected weight is an error.
+    """
+    from transformers import HubertModel
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelFileError(f"{folder} is not a HuBERT model folder (no config.json). Expected the HF folder of "
+                             "facebook/hubert-large-ls960-ft at audio2motion/hubert/.")
+    try:
+        with quiet_transformers():
+            model, info = HubertModel.from_pretrained(str(folder), output_loading_info=True, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"Could not load HuBERT from {folder}: {exc}") from exc
+    missing = sorted(k for k in info.get("missing_keys", []) if "masked_spec_embed" not in k)
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith("lm_head"))
+    mismatched = sorted(map(str, info.get("mismatched_keys", [])))
+    if missing or unexpected or mismatched:
+        raise ModelFileError(f"{folder} is not a valid HuBERT checkpoint: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}, shape mismatches {mismatched[:3]}.")
+    model.config.do_normalize = _do_normalize(folder)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' own load report while loading (our loaders raise their own clear errors)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _do_normalize(folder: Path) -> bool:
+    """The processor's ``do_normalize`` (preprocessor_config.json; True for hubert-large-ls960-ft)."""
+    cfg = folder / "preprocessor_config.json"
+    if cfg.is_file():
+        try:
+            return bool(json.loads(cfg.read_text(encoding="utf-8")).get("do_normalize", True))
+        except json.JSONDecodeError:
+            log.warning("Unreadable %s; normalising the input as hubert-large-ls960-ft does", cfg)
+    return True
+
+
+def hubert_frames(num_samples: int) -> int:
+    """Frames the official extraction returns for ``num_samples`` at 16 kHz: ``(N - 80) // 320`` (never < 0)."""
+    return max((int(num_samples) - (KERNEL - STRIDE)) // STRIDE, 0)
+
+
+def normalise_input(audio16k: torch.Tensor) -> torch.Tensor:
+    """Wav2Vec2 feature extractor normalisation: ``(x - mean) / sqrt(var + 1e-7)`` over the clip, float32."""
+    x = audio16k.to(torch.float32)
+    return (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+
+
+@torch.no_grad()
+def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress=None) -> torch.Tensor:
+    """16 kHz mono [T] -> HuBERT ``last_hidden_state`` [(T-80)//320, 1024] float32 on the CPU.
+
+    Chunked as the official code (so long audio fits in memory and features match the training data);
+    equal-length chunks are run as a batch.
+    """
+    p = next(model.parameters())
+    n = int(audio16k.shape[0])
+    expected = hubert_frames(n)
+    dim = model.config.hidden_size
+    if expected == 0:
+        return torch.zeros((0, dim))
+    x = normalise_input(audio16k) if getattr(model.config, "do_normalize", True) else audio16k.float()
+    n_full = n // CLIP
+    clips = [x[i * CLIP: i * CLIP + CLIP - STRIDE + KERNEL] for i in range(n_full)]
+    rest = x[n_full * CLIP:]
+    outs: list[torch.Tensor] = []
+    done = 0
+    # full clips: equal length except possibly the last full one (which may be cut by the end of the audio)
+    same = [c for c in clips if c.shape[0] == CLIP - STRIDE + KERNEL]
+    odd = [c for c in clips if c.shape[0] != CLIP - STRIDE + KERNEL]
+    for i in range(0, len(same), max(int(batch_size), 1)):
+        batch = torch.stack(same[i: i + batch_size]).to(device=p.device, dtype=p.dtype)
+        outs.extend(model(batch).last_hidden_state.float().cpu().unbind(0))
+        done += batch.shape[0]
+        if progress is not None:
+            progress(done, n_full + 1)
+    for c in odd + ([rest] if rest.shape[0] >= KERNEL else []):
+        outs.append(model(c[None].to(device=p.device, dtype=p.dtype)).last_hidden_state[0].float().cpu())
+    feats = torch.cat(outs, dim=0) if outs else torch.zeros((0, dim))
+    if feats.shape[0] < expected:  # cannot happen with the official chunking; hold the last frame to be safe
+        feats = torch.cat([feats, feats[-1:].expand(expected - feats.shape[0], -1)], dim=0)
+    return feats[:expected]
+
+
+def pad_frames(feats: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Zero-pad frames to a multiple of ``multiple`` (official: A2M needs T50 % 8 == 0)."""
+    extra = (-feats.shape[0]) % multiple
+    if extra == 0 and feats.shape[0] > 0:
+        return feats
+    if feats.shape[0] == 0:
+        extra = multiple
+    return torch.cat([feats, feats.new_zeros((extra,) + tuple(feats.shape[1:]))], dim=0)

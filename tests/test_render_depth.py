@@ -1,0 +1,94 @@
+"""Depth normalisation (official formula and uint8 truncation) and the mouth-only map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from joygen_core.render.depth import MOUTH_OUTER_LIP, crop_box, mouth_depth_from_crops, normalise_depth
+from joygen_core.render.raster import rasterize_depth
+
+
+def official_normalise(depth: np.ndarray) -> np.ndarray:
+    """The official numpy code path, for one float32 map (``get_depth_lm468_edit_exp``)."""
+    depth = depth.copy()
+    ind = np.where(depth > 0)
+    dmax, dmin = np.max(depth[ind]), np.min(depth[ind])
+    depth[ind] = 255 - (depth[ind] - dmin) / (dmax - dmin + 1e-8) * 255
+    return np.array(depth, np.uint8)
+
+
+def test_normalise_matches_official_formula():
+    g = torch.Generator().manual_seed(0)
+    d = 9.0 + 2.0 * torch.rand(4, 40, 40, generator=g)
+    cov = torch.rand(4, 40, 40, generator=g) > 0.3
+    d = torch.where(cov, d, torch.zeros_like(d))
+    out = normalise_depth(d, cov)
+    for b in range(4):
+        ref = official_normalise(d[b].numpy())
+        assert np.array_equal(out[b].numpy().astype(np.uint8), ref)
+    assert out.dtype == torch.float32
+    flat = out.flatten(1)
+    assert (flat.amax(1) == 255).all()  # the nearest covered pixel
+    assert (out[~cov] == 0).all()
+
+
+def test_normalise_known_values_and_edge_cases():
+    d = torch.zeros(3, 4, 4)
+    d[0, 0, :3] = torch.tensor([10.0, 10.5, 11.0])  # near 255, middle 255-127.5 -> 127 (truncated), far 0
+    d[1, 2, 2] = 7.0  # a single covered pixel: 255
+    cov = d > 0
+    out = normalise_depth(d, cov)
+    assert out[0, 0, :3].tolist() == [255.0, 127.0, 0.0]
+    assert out[1, 2, 2] == 255 and out[1].sum() == 255
+    assert (out[2] == 0).all()  # nothing covered: all black, no NaN
+    assert torch.isfinite(out).all()
+
+
+def test_rendered_depth_near_is_bright():
+    """A tilted quad: normalised depth decreases from the near edge (255) to the far edge (about 0)."""
+    k = 1015.0 / 112.0
+    v = torch.tensor([[[-0.5, -0.5, 8.0], [0.5, -0.5, 12.0], [0.5, 0.5, 12.0], [-0.5, 0.5, 8.0]]])
+    v[..., :2] *= v[..., 2:] / k * 0.8  # keep the quad inside the frame
+    depth, cov = rasterize_depth(v, torch.tensor([[0, 1, 2], [0, 2, 3]]), size=64, backend="torch")
+    n = normalise_depth(depth, cov)[0]
+    row = n[32][cov[0, 32]]
+    assert row[0] >= 250 and row[-1] <= 5
+    assert (row[1:] <= row[:-1]).all()
+
+
+def lip_ring(cx: float, cy: float, rx: float, ry: float) -> torch.Tensor:
+    a = torch.linspace(0, 2 * np.pi, len(MOUTH_OUTER_LIP) + 1)[:-1]
+    return torch.stack([cx + rx * torch.cos(a), cy + ry * torch.sin(a)], -1)
+
+
+def test_mouth_depth_zero_on_top_half_and_outside_the_lips():
+    crop = np.full((200, 180), 200, np.uint8)
+    lips = lip_ring(90.0, 150.0, 40.0, 20.0)[None]
+    out = mouth_depth_from_crops([crop], lips)[0]
+    assert out.shape == (256, 256)
+    assert (out[:128] == 0).all()
+    # the polygon scaled into 256x256; beyond a Lanczos support (4 px) outside it, zero
+    yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    ex = ((xx + 0.5) * 180 / 256 - 90.5) / 40.0
+    ey = ((yy + 0.5) * 200 / 256 - 150.5) / 20.0
+    r = (ex**2 + ey**2).sqrt()
+    assert (out[r > 1.25] == 0).all()
+    assert (out[r < 0.7] == 200).all()  # a constant inside stays exactly that value
+    assert out.max() <= 255
+
+
+def test_mouth_depth_bad_boxes_and_points():
+    crops = [np.zeros((0, 0), np.uint8), np.full((50, 50), 9, np.uint8)]
+    lips = torch.stack([lip_ring(25, 40, 10, 5), torch.full((20, 2), float("nan"))])
+    out = mouth_depth_from_crops(crops, lips)
+    assert out.shape == (2, 256, 256) and (out == 0).all()
+
+
+def test_crop_box_pads_outside_the_frame():
+    maps = torch.arange(16.0).view(1, 4, 4)
+    a = crop_box(maps, torch.tensor([[-1, 2, 3, 6]]))[0]
+    assert a.shape == (4, 4)
+    assert a[0].tolist() == [0, 8, 9, 10] and a[1].tolist() == [0, 12, 13, 14] and (a[2:] == 0).all()
+    empty = crop_box(maps, torch.tensor([[3, 3, 1, 1]]))[0]
+    assert empty.shape == (0, 0)
