@@ -135,7 +135,7 @@ def load_mp468(path: Path | str, num_vertices: int = N_VERTS) -> torch.Tensor:
     except Exception as exc:
         raise ModelFileError(f"{path} is not a readable .npy file ({exc}); download it again.") from exc
     a = np.asarray(a).reshape(-1)
-    if a.shape != (468,) or not np.issubdtype(a.dtype, np.integer) and not np.all(a == np.round(a)):
+    if a.shape != (468,) or (not np.issubdtype(a.dtype, np.integer) and not np.all(a == np.round(a))):
         raise ModelFileError(f"{path} should hold 468 integer vertex ids; got {a.dtype} {a.shape}.")
     a = a.astype(np.int64)
     if a.max() >= num_vertices:
