@@ -61,7 +61,8 @@ class FaceTrack:
         """A track of ``n`` frames with no face in any of them."""
         z = torch.zeros
         return cls(frame_size=(int(frame_size[0]), int(frame_size[1])), detected=z(n, dtype=torch.bool),
-                   det_box=z(n, 4), det_score=z(n), five=z(n, 5, 2), align=z(n, 3), coeffs=z(n, 257),
+                   det_box=z(n, 4), det_score=z(n), five=z(n, 5, 2),
+                   align=z(n, 3, dtype=torch.float64), coeffs=z(n, 257),
                    lm68=z(n, 68, 2), box=z(n, 4, dtype=torch.int64), fps=fps)
 
     def coeff(self, name: str) -> torch.Tensor:
