@@ -136,3 +136,102 @@ def edit_faces(models: EditModels, masked: torch.Tensor, reference: torch.Tensor
 def black_depth_latent(models: EditModels, size: int = FACE_SIZE) -> torch.Tensor:
     """The depth latent of audio-only editing: the encoding of an all-black image (official), [1,4,32,32]."""
     return encode(models, to_vae_input(torch.zeros(1, size, size, 3, dtype=torch.uint8)))
+
+
+def reference_latents(models: EditModels, crops: torch.Tensor, batch_size: int = 8
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (masked target, reference) latents of uint8 face crops [B,256,256,3]: the per-video work."""
+    masked = encode(models, to_vae_input(crops, lower_half_black=True), batch_size)
+    return masked, encode(models, to_vae_input(crops), batch_size)
+
+
+def depth_latents(models: EditModels, mouth_depth: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Mouth depth maps [B,256,256] (0..1 floats, the depth node's output, or uint8) -> latents [B,4,32,32]."""
+    d = mouth_depth
+    if d.ndim == 4:  # IMAGE [B,H,W,C]: the channels are copies
+        d = d[..., 0]
+    if d.dtype != torch.uint8:
+        d = (d.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if d.shape[-2:] != (FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"mouth depth must be {FACE_SIZE}x{FACE_SIZE} (JoyGen Render Depth output); got "
+                         f"{tuple(d.shape[-2:])}")
+    return encode(models, to_vae_input(d), batch_size)
+
+
+BLEND_MODES = ("parsing", "landmarks", "box")
+
+
+def blend_masks_for(frames: torch.Tensor, boxes: torch.Tensor, lm68: torch.Tensor | None, mode: str,
+                    parser=None) -> torch.Tensor:
+    """Blend masks [B,H,W] in 0..1 for uint8 frames: BiSeNet parsing (official), feathered landmarks, or the
+    plain regenerated half box."""
+    from . import blend
+
+    if mode == "parsing":
+        if parser is None:
+            raise ValueError("blend mode 'parsing' needs the BiSeNet face parser (face-parse-bisent/79999_iter.pth)")
+        return blend.blend_masks(parser, frames, boxes)
+    if mode == "landmarks":
+        if lm68 is None:
+            raise ValueError("blend mode 'landmarks' needs the face track's 68 landmarks")
+        return blend.landmark_mask(lm68, boxes, tuple(frames.shape[1:3]))
+    if mode == "box":
+        from .mask import regenerated_region
+
+        return regenerated_region(boxes, torch.ones(len(boxes), dtype=torch.bool), tuple(frames.shape[1:3]))
+    raise ValueError(f"Unknown blend mode {mode!r}; choose one of {', '.join(BLEND_MODES)}")
+
+
+def edit_chunk(models: EditModels, frames: torch.Tensor, boxes: torch.Tensor, masked: torch.Tensor,
+               reference: torch.Tensor, depth: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor,
+               batch_size: int = 8) -> torch.Tensor:
+    """Edit frames that all hold a face: UNet + decode, then paste through ``masks`` -> new uint8 frames."""
+    from .blend import paste_faces
+
+    faces = edit_faces(models, masked, reference, depth, audio, batch_size)
+    return paste_faces(frames, faces, boxes, masks)
+
+
+def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features: torch.Tensor,
+                mouth_depth: torch.Tensor | None = None, *, parser=None, blend: str = "parsing",
+                blend_mask: torch.Tensor | None = None, reference_frame: int = -1, batch_size: int = 8,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Edit uint8 frames [T,H,W,3] so the mouth follows the audio -> uint8 frames [T,H,W,3].
+
+    ``track``: the FaceTrack of these frames; ``audio_features`` [T,50,384]; ``mouth_depth`` [T,256,256]
+    (None: audio-only editing with the black depth map). ``reference_frame`` -1 uses each frame as its own
+    reference (official), else that frame's crop for all. ``blend_mask`` [T,H,W] overrides ``blend``.
+    Frames without a face are returned unchanged.
+    """
+    T = frames.shape[0]
+    if len(track) != T or audio_features.shape[0] != T:
+        raise ValueError(f"{T} frames, a face track of {len(track)} and audio features for "
+                         f"{audio_features.shape[0]} frames: fit them to the same length first (JoyGen Fit Length)")
+    if mouth_depth is not None and mouth_depth.shape[0] != T:
+        raise ValueError(f"{T} frames but {mouth_depth.shape[0]} mouth depth maps")
+    out = frames.clone()
+    todo = track.detected.nonzero().squeeze(1)
+    if todo.numel() == 0:
+        return out
+    ref_lat = None
+    if reference_frame >= 0:
+        if not 0 <= reference_frame < T or not bool(track.detected[reference_frame]):
+            raise ValueError(f"reference frame {reference_frame} has no face (or is out of range)")
+        crop = face_crops(frames[reference_frame:reference_frame + 1], track.box[reference_frame:reference_frame + 1])
+        ref_lat = encode(models, to_vae_input(crop))
+    black = black_depth_latent(models) if mouth_depth is None else None
+    step = max(batch_size, 1) * 4
+    for k in range(0, todo.numel(), step):
+        idx = todo[k:k + step]
+        f, boxes = frames[idx], track.box[idx]
+        crops = face_crops(f, boxes)
+        masked = encode(models, to_vae_input(crops, lower_half_black=True), batch_size)
+        ref = encode(models, to_vae_input(crops), batch_size) if ref_lat is None else ref_lat.expand(len(idx), -1,
+                                                                                                     -1, -1)
+        depth = black if mouth_depth is None else depth_latents(models, mouth_depth[idx], batch_size)
+        masks = (blend_mask[idx].float() if blend_mask is not None
+                 else blend_masks_for(f, boxes, track.lm68[idx], blend, parser))
+        out[idx] = edit_chunk(models, f, boxes, masked, ref, depth, audio_features[idx], masks, batch_size)
+        if progress is not None:
+            progress(min(k + step, todo.numel()), todo.numel())
+    return out

@@ -2,9 +2,9 @@
 
 - ``joygen/``: ``config.json`` + ``diffusion_pytorch_model.safetensors`` as ``save_pretrained`` writes them, with
   the official UNet's structure (12 input channels, 384-d cross-attention, 3 cross-attention down blocks + a
-  plain one, 2 layers per block, 8 heads) at small widths.
+  plain one, 2 layers per block, 8 heads) at small widths (8 norm groups).
 - ``sd-vae-ft-mse/``: an ``AutoencoderKL`` with the official block layout (4 levels: 256 -> 32 latents,
-  4 latent channels) at small widths, its weights written under the old attention names
+  4 latent channels) at small widths and one layer per block, its weights written under the old attention names
   (``attentions.0.query``) as the published file has them.
 - ``musetalk_unet/`` (outside the official layout, only for tests): an 8-channel MuseTalk-style UNet.
 """
@@ -18,16 +18,16 @@ import numpy as np
 import torch
 
 UNET_SMALL = {
-    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [32, 64, 64, 64], "center_input_sample": False,
+    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [16, 32, 32, 32], "center_input_sample": False,
     "cross_attention_dim": 384, "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                                      "CrossAttnDownBlock2D", "DownBlock2D"],
     "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 12, "layers_per_block": 2,
-    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32, "out_channels": 4, "sample_size": 64,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 8, "out_channels": 4, "sample_size": 64,
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 VAE_SMALL = {
-    "act_fn": "silu", "block_out_channels": [32, 32, 32, 32], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 32, "out_channels": 3,
+    "act_fn": "silu", "block_out_channels": [8, 16, 16, 16], "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 8, "out_channels": 3,
     "sample_size": 256, "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 OLD_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
