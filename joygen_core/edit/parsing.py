@@ -195,8 +195,9 @@ def _pil_filter(x: torch.Tensor, kind: str) -> torch.Tensor:
 def _pil_matrix(in_size: torch.Tensor, out_size: torch.Tensor, n_out: int, n_in: int, kind: str) -> torch.Tensor:
     """Pillow's 1-D resize ``in_size -> out_size`` (per frame, [B]) as dense fixed-point rows [B,n_out,n_in].
 
-    Entry (o, k) is Pillow's 22-bit integer coefficient of input pixel k for output pixel o; rows past
-    ``out_size`` and columns past ``in_size`` are 0. float64 holds the fixed-point sums exactly.
+    Entry (o, k) is Pillow's 22-bit integer coefficient of input pixel k for output pixel o (Pillow
+    ``precompute_coeffs`` + ``normalize_coeffs_8bpc``); rows past ``out_size`` and columns past
+    ``in_size`` are 0. float64 holds the fixed-point sums exactly.
     """
     f64 = torch.float64
     in_f = in_size.to(f64).reshape(-1, 1, 1)
@@ -204,17 +205,19 @@ def _pil_matrix(in_size: torch.Tensor, out_size: torch.Tensor, n_out: int, n_in:
     scale = in_f / out_f.clamp(min=1)
     filterscale = scale.clamp(min=1.0)
     support = (1.0 if kind == "bilinear" else 2.0) * filterscale
+    ntaps = int(torch.ceil(support).max()) * 2 + 1
     o = torch.arange(n_out, dtype=f64).reshape(1, -1, 1)
-    k = torch.arange(n_in, dtype=f64).reshape(1, 1, -1)
     center = (o + 0.5) * scale
     xmin = torch.trunc(center - support + 0.5).clamp(min=0)  # C (int) cast, then clamp, as Pillow
     xmax = torch.minimum(torch.trunc(center + support + 0.5), in_f)
+    k = xmin + torch.arange(ntaps, dtype=f64)  # [B,n_out,ntaps] source pixels
     w = _pil_filter((k - center + 0.5) / filterscale, kind)
-    w = torch.where((k >= xmin) & (k < xmax), w, torch.zeros_like(w))
+    w = torch.where(k < xmax, w, torch.zeros_like(w))
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / total, w)
-    w = torch.trunc(w * _ONE + torch.where(w < 0, -0.5, 0.5))  # Pillow normalize_coeffs_8bpc
-    return w * (o < out_f)
+    w = torch.trunc(w * _ONE + torch.where(w < 0, -0.5, 0.5)) * (o < out_f)  # Pillow normalize_coeffs_8bpc
+    dense = torch.zeros(w.shape[0], n_out, n_in + ntaps, dtype=f64)
+    return dense.scatter_add_(2, k.long(), w)[..., :n_in]
 
 
 def _round_pil(x: torch.Tensor) -> torch.Tensor:
