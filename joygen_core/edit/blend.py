@@ -119,6 +119,13 @@ def _gaussian_matrix(sides: torch.Tensor, n: int) -> torch.Tensor:
     return torch.zeros(len(sizes), n, n, dtype=torch.float64).scatter_add_(2, p.expand_as(w), w)
 
 
+def _blur_regions(m: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+    """cv2.GaussianBlur(uint8 region, (k, k), 0) of masks [V,n,n] (integer values, float64) per region side."""
+    g = _gaussian_matrix(sides, m.shape[-1]).to(m.device)
+    # cv2 fixed point: uint8 x 8-bit taps per pass (exact sums), then (sum + 2**15) >> 16 to uint8
+    return torch.floor((g @ (m @ g.transpose(1, 2)) + 32768.0) / 65536.0).clamp_(0, 255)
+
+
 def _scatter_windows(out: torch.Tensor, idx: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor,
                      hgt: torch.Tensor, wid: torch.Tensor, values: torch.Tensor) -> None:
     """Write windows values [V,nh,nw,(C)] into out[idx] [V,H,W,(C)] at (y0, x0), clipped to the frame."""
@@ -167,9 +174,7 @@ def blend_masks(parser: BiSeNet, frames: torch.Tensor, boxes: torch.Tensor, dete
         rows = (ar >= top[:, None]) & (ar < torch.minimum(y2 - ys, side)[:, None])  # ... of the face box
         cols = (ar >= (x1 - xs).clamp(min=0)[:, None]) & (ar < torch.minimum(x2 - xs, side)[:, None])
         m = m * (rows[:, :, None] & cols[:, None, :]).to(dev)
-        g = _gaussian_matrix(side, n).to(dev)
-        # cv2 fixed point: uint8 x 8-bit taps per pass (exact sums), then (sum + 2**15) >> 16 to uint8
-        m = torch.floor((g @ (m @ g.transpose(1, 2)) + 32768.0) / 65536.0).clamp_(0, 255)
+        m = _blur_regions(m, side)
         _scatter_windows(out, idx, ys, xs, side, side, (m / 255.0).float())
     return out
 

@@ -217,7 +217,8 @@ def _pil_matrix(in_size: torch.Tensor, out_size: torch.Tensor, n_out: int, n_in:
     w = torch.where(total != 0, w / total, w)
     w = torch.trunc(w * _ONE + torch.where(w < 0, -0.5, 0.5)) * (o < out_f)  # Pillow normalize_coeffs_8bpc
     dense = torch.zeros(w.shape[0], n_out, n_in + ntaps, dtype=f64)
-    return dense.scatter_add_(2, k.long(), w)[..., :n_in]
+    # rows past a frame's out_size have zero weights; clamp their (unused) source index into the buffer
+    return dense.scatter_add_(2, k.long().clamp(max=n_in + ntaps - 1), w)[..., :n_in]
 
 
 def _round_pil(x: torch.Tensor) -> torch.Tensor:
