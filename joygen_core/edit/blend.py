@@ -186,41 +186,56 @@ def landmark_mask(lm68: torch.Tensor, boxes: torch.Tensor, frame_size: tuple[int
     The polygon of jaw points 1..15 and the nose base 35..31 (``lm68`` [B,68,2] x, y frame pixels),
     intersected with the face box. The mask rises from 0 on the polygon and box edges to 1 at
     ``feather * box height`` inside (smoothstep), so the paste has no seam and never leaves the box.
+    Computed on ``lm68``'s device; frames without a face or with non-finite landmarks get zeros.
     """
     h, w = int(frame_size[0]), int(frame_size[1])
-    lm = torch.as_tensor(lm68).detach().cpu().to(torch.float32)
+    lm = torch.as_tensor(lm68).detach()
+    dev = lm.device
+    lm = lm.to(torch.float32)
     b = lm.shape[0]
     if lm.shape != (b, 68, 2):
         raise ValueError(f"lm68 must be [B,68,2], got {tuple(lm.shape)}")
     box = _boxes(boxes, b)
-    det = _detected(detected, box) & torch.isfinite(lm).flatten(1).all(1)
-    out = torch.zeros(b, h, w, dtype=torch.float32)
+    det = _detected(detected, box) & torch.isfinite(lm).flatten(1).all(1).cpu()
+    out = torch.zeros(b, h, w, dtype=torch.float32, device=dev)
     idx = det.nonzero().squeeze(1)
     if idx.numel() == 0:
         return out
+    poly = lm[idx.to(dev)][:, list(LOWER_FACE)]
     x1, y1, x2, y2 = box[idx].unbind(1)
-    bw, bh = x2 - x1, y2 - y1
-    nh, nw = int(bh.max()), int(bw.max())
-    py = (y1[:, None] + torch.arange(nh)).float()[:, :, None]  # pixel centres at integer coordinates
-    px = (x1[:, None] + torch.arange(nw)).float()[:, None, :]
-    poly = lm[idx][:, list(LOWER_FACE)]
-    inside = torch.zeros(idx.numel(), nh, nw, dtype=torch.bool)
-    dist = torch.full((idx.numel(), nh, nw), float("inf"))
-    for e in range(poly.shape[1]):  # edges one at a time: memory [V,nh,nw]
+    # work over the polygon's bounding box inside the face box: the mask is 0 elsewhere
+    lo = poly.amin(1).floor().cpu().long()
+    hi = poly.amax(1).ceil().cpu().long() + 1
+    ox, oy = torch.maximum(lo[:, 0], x1), torch.maximum(lo[:, 1], y1)
+    ww = (torch.minimum(hi[:, 0], x2) - ox).clamp(min=0)
+    wh = (torch.minimum(hi[:, 1], y2) - oy).clamp(min=0)
+    nh, nw = int(wh.max()), int(ww.max())
+    if nh == 0 or nw == 0:
+        return out
+    py = (oy[:, None] + torch.arange(nh)).to(dev, torch.float32)[:, :, None]  # pixel centres at integers
+    px = (ox[:, None] + torch.arange(nw)).to(dev, torch.float32)[:, None, :]
+    inside = torch.zeros(idx.numel(), nh, nw, dtype=torch.bool, device=dev)
+    dist2 = torch.full((idx.numel(), nh, nw), float("inf"), device=dev)
+    n_edges = poly.shape[1]
+    for e in range(n_edges):  # edges one at a time: memory [V,nh,nw]
         ax, ay = poly[:, e, 0, None, None], poly[:, e, 1, None, None]
-        bx, by = poly[:, (e + 1) % poly.shape[1], 0, None, None], poly[:, (e + 1) % poly.shape[1], 1, None, None]
-        cross = (ay > py) != (by > py)
-        xint = ax + (py - ay) * (bx - ax) / torch.where(by == ay, torch.ones_like(by), by - ay)
-        inside ^= cross & (px < xint)
+        bx, by = poly[:, (e + 1) % n_edges, 0, None, None], poly[:, (e + 1) % n_edges, 1, None, None]
         dx, dy = bx - ax, by - ay
-        t = (((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy).clamp(min=1e-12)).clamp(0, 1)
-        dist = torch.minimum(dist, torch.hypot(px - ax - t * dx, py - ay - t * dy))
-    edge = torch.minimum(torch.minimum(px - x1[:, None, None], (x2 - 1)[:, None, None] - px),
-                         torch.minimum(py - y1[:, None, None], (y2 - 1)[:, None, None] - py))
-    ramp = (feather * bh.float()).clamp(min=1.0)[:, None, None]
-    t = (torch.minimum(dist * inside, edge) / ramp).clamp(0, 1)
-    m = t * t * (3 - 2 * t)
-    _scatter_windows(out, idx, y1, x1, bh, bw, m)
+        rx, ry = px - ax, py - ay  # [V,1,nw], [V,nh,1]
+        cross = (ay > py) != (by > py)  # even-odd rule, per row
+        xint = ax + ry * dx / torch.where(dy == 0, torch.ones_like(dy), dy)
+        inside ^= cross & (px < xint)
+        t = ((rx * dx + ry * dy) / (dx * dx + dy * dy).clamp(min=1e-12)).clamp_(0, 1)
+        ex, ey = rx - t * dx, ry - t * dy
+        dist2 = torch.minimum(dist2, ex * ex + ey * ey)
+
+    def to(v: torch.Tensor) -> torch.Tensor:
+        return v.to(dev, torch.float32)[:, None, None]
+
+    edge = torch.minimum(torch.minimum(px - to(x1), to(x2 - 1) - px), torch.minimum(py - to(y1), to(y2 - 1) - py))
+    ramp = to((feather * (y2 - y1).float()).clamp(min=1.0))
+    t = (torch.minimum(dist2.sqrt_() * inside, edge) / ramp).clamp_(0, 1)
+    _scatter_windows(out, idx, oy, ox, wh, ww, t * t * (3 - 2 * t))
     return out
 
 
