@@ -45,7 +45,9 @@ class JoyGenLoadEditModels:
     @classmethod
     def INPUT_TYPES(cls):
         folders = model_store().list_folders()
-        unets = choices([f for f in folders if "vae" not in f.lower()], NO_UNET)
+        # The other config.json folders of the bundle (VAE, HuBERT, an HF Whisper) are not UNets.
+        unets = choices([f for f in folders if not any(k in f.lower() for k in ("vae", "hubert", "whisper"))],
+                        NO_UNET)
         vaes = choices([f for f in folders if "vae" in f.lower()], NO_VAE)
         return {"required": {
             "unet": (unets, {"default": _pick(unets, "joygen"), "tooltip": "The JoyGen UNet folder (config.json + "

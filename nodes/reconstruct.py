@@ -10,21 +10,31 @@ DTYPES = ("float32", "float16", "bfloat16")
 MP468_NAME = "index_mp468_from_mesh35709.npy"
 
 
+def _pick(names: list[str], preferred: str) -> str:
+    return preferred if preferred in names else names[0]
+
+
 class JoyGenLoad3DMMModels:
     """MTCNN (from the facenet-pytorch wheel), the Deep3DFaceRecon regressor and the Basel Face Model."""
 
     @classmethod
     def INPUT_TYPES(cls):
         store = model_store()
-        bfm = [n for n in store.list_files((".mat",)) if n.endswith(("BFM_model_front.mat", "01_MorphableModel.mat"))]
+        mats = store.list_files((".mat",))
+        bfm = choices([n for n in mats if n.endswith(("BFM_model_front.mat", "01_MorphableModel.mat"))],
+                      BFM_PLACEHOLDER)
+        # Only regressor-looking .pth files: the face parser and its backbone also end in .pth.
+        regressors = choices([n for n in store.list_files((".pth",)) if not n.startswith("face-parse-bisent/")],
+                             REGRESSOR_PLACEHOLDER)
         return {
             "required": {
-                "bfm": (choices(bfm, BFM_PLACEHOLDER), {"tooltip": "BFM/BFM_model_front.mat from the official "
-                        "bundle (or BFM/01_MorphableModel.mat with the BFM09 sources beside it: the front model "
-                        "is then built once into the temp folder). index_mp468_from_mesh35709.npy beside it is "
-                        "loaded too."}),
-                "regressor": (choices(store.list_files((".pth",)), REGRESSOR_PLACEHOLDER),
-                              {"tooltip": "Deep3DFaceRecon checkpoint: face_recon_feat0.2_augment/epoch_20.pth."}),
+                "bfm": (bfm, {"default": _pick(bfm, "BFM/BFM_model_front.mat"), "tooltip": "BFM/BFM_model_front.mat "
+                        "from the official bundle (or BFM/01_MorphableModel.mat with the BFM09 sources beside it: "
+                        "the front model is then built once into the temp folder). "
+                        "index_mp468_from_mesh35709.npy beside it is loaded too."}),
+                "regressor": (regressors, {"default": _pick(regressors, "face_recon_feat0.2_augment/epoch_20.pth"),
+                                           "tooltip": "Deep3DFaceRecon checkpoint: "
+                                                      "face_recon_feat0.2_augment/epoch_20.pth."}),
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto", "tooltip": "Where detection and "
                            "regression run; auto = ComfyUI's device."}),
             },
