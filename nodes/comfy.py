@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,46 @@ def temp_dir() -> Path:
 def cache_dir() -> Path:
     """Where per-video caches live: under ComfyUI's temp folder, or ./temp/joygen_cache."""
     return temp_dir() / "joygen_cache"
+
+
+class FileVideo:
+    """Stand-in for ComfyUI's VideoFromFile when ComfyUI is absent: a video file with the same basic methods."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+
+    def get_stream_source(self) -> str:
+        return self.path
+
+    def save_to(self, path: str, **_: Any) -> None:
+        import shutil
+
+        shutil.copyfile(self.path, path)
+
+    def get_components(self):
+        from ..joygen_core.video.convert import audio_to_comfy, uint8_to_image
+        from ..joygen_core.video.io import probe_video, read_audio, read_frames
+
+        info = probe_video(self.path)
+        audio = audio_to_comfy(read_audio(self.path)) if info.has_audio else None
+        return types.SimpleNamespace(images=uint8_to_image(read_frames(self.path)), audio=audio, frame_rate=info.fps)
+
+
+def video_from_file(path: str | Path):
+    """A ComfyUI VIDEO value for a file (VideoFromFile), or the stand-in outside ComfyUI."""
+    try:
+        from comfy_api.input_impl import VideoFromFile  # type: ignore[import-not-found]
+    except ImportError:
+        return FileVideo(path)
+    return VideoFromFile(str(path))
+
+
+def video_path(video: Any, folder: Path) -> Path:
+    """The file behind a VIDEO value; in-memory videos (BytesIO, components) are saved into ``folder`` first."""
+    source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        return Path(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"joygen_input_{os.getpid()}_{id(video)}.mp4"
+    video.save_to(str(out))
+    return out

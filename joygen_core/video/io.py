@@ -378,3 +378,96 @@ def write_video(
         raise
     log.info("Wrote %s: %d frames at %s fps%s", path, n_frames, rate, " with audio" if audio is not None else "")
     return path
+
+
+class FrameReader:
+    """Random access to frame ranges of a video, streamed: ``read(start, stop)`` -> uint8 [n,H,W,3].
+
+    Reading forward continues the open decoder; reading backward (ping-pong's reverse runs) seeks to the
+    nearest key frame before ``start`` on constant-rate files, or restarts the decode on variable-rate ones.
+    Only the frames asked for are held.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.info = probe_video(self.path)
+        self._container = None
+        self._frames: Iterator[np.ndarray] | None = None
+        self._pos = 0  # index of the next frame the iterator yields
+        self._first_pts: float | None = None
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container, self._frames = None, None
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _start(self, index: int) -> None:
+        """Position the decoder so the next frame yielded has an index <= ``index``."""
+        self.close()
+        if self.info.variable_frame_rate:
+            self._frames = iter(_retimed(_decoded(self.path), self.info.fps, None))
+            self._pos = 0
+            return
+        import av
+
+        container = av.open(str(self.path))
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base)
+        if self._first_pts is None:
+            first = next(container.decode(stream), None)
+            self._first_pts = float(first.pts * tb) if first is not None and first.pts is not None else 0.0
+        t = self._first_pts + index / float(self.info.fps)
+        container.seek(max(int(t / tb) - 1, 0), stream=stream, backward=True, any_frame=False)
+        self._container = container
+        fps = float(self.info.fps)
+        rotation = self.info.rotation
+        state = {"pos": None}
+
+        def gen() -> Iterator[np.ndarray]:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                i = int(round((float(frame.pts * tb) - self._first_pts) * fps))
+                if state["pos"] is None:
+                    state["pos"] = i
+                yield _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
+
+        it = gen()
+        head = next(it, None)
+        self._pos = state["pos"] if state["pos"] is not None else index
+        if self._pos > index:  # the seek overshot (no key frame where expected): decode from the start
+            container.close()
+            self._container = None
+            self._frames = (arr for arr, _ in _decoded(self.path))
+            self._pos = 0
+            return
+        self._frames = _prepend(head, it) if head is not None else it
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start .. stop-1`` (clamped to the video) as uint8 [n,H,W,3]."""
+        start, stop = max(int(start), 0), int(stop)
+        if self._frames is None or start < self._pos:
+            self._start(start)
+        out = []
+        while self._pos < stop:
+            arr = next(self._frames, None)
+            if arr is None:
+                break
+            if self._pos >= start:
+                out.append(arr)
+            self._pos += 1
+        if not out:
+            raise MediaError(f"{self.path}: frames {start}..{stop - 1} are past its end ({self._pos} frames).")
+        return np.stack(out)
+
+
+def _prepend(head: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield head
+    yield from rest

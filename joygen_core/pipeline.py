@@ -1,0 +1,516 @@
+"""The whole JoyGen job on files: video + driving audio -> lip-edited video, streamed and cached.
+
+Stages, in order (each lives in its own sub-package; this module only orchestrates):
+
+1. per-video work, cached on disk: decode the video in chunks -> face track (``morphable``) -> face crops ->
+   masked-target and reference latents (``edit``) -> blend masks (``edit.blend``);
+2. per-audio work: Whisper features (``audio``) and audio-driven expressions (``motion``) for every output
+   frame, the output re-timed to the audio's length by the length policy (``video.length``);
+3. per output chunk: the source frames read back (``video.io.FrameReader``), mouth depth rendered
+   (``render``), the UNet edit and the paste (``edit``), the frames streamed to one H.264 + AAC encode.
+
+The cache is keyed by the video's content, the settings that shape the per-video work and the identity of
+the model files, so driving the same video with new audio skips stage 1. Memory does not grow with the
+video's length: only one chunk of frames, latents and masks is held at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import JoyGenError, MediaError
+from .video.io import AudioClip
+from .weights import ModelStore, default_model_dirs
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "joygen.video_cache.v1"
+
+
+@dataclass
+class LipSyncOptions:
+    """Settings of one lip-sync run (defaults reproduce the official inference where it has one)."""
+
+    length_mode: str = "pingpong"  # video fitted to the audio's length (official: ping-pong)
+    use_depth: bool = True  # False: audio-only editing (black depth map)
+    blend: str = "parsing"  # parsing (official BiSeNet) | landmarks | box
+    reference_frame: int = -1  # -1: each frame is its own reference (official); else a fixed frame
+    face_policy: str = "largest"
+    smooth: bool = False
+    seed: int = 0
+    temperature: float = 0.2
+    mouth_amp: float = 0.45
+    batch_size: int = 8
+    chunk_frames: int = 64
+    raster_backend: str = "auto"
+    crf: int = 18
+
+    def video_key(self) -> dict:
+        """The settings that shape the cached per-video work."""
+        return {"face_policy": self.face_policy, "smooth": self.smooth, "blend": self.blend,
+                "reference_frame": self.reference_frame}
+
+
+@dataclass
+class PipelineModels:
+    """Every model of the job, loaded once (the CLI and the all-in-one node build this)."""
+
+    recon: object  # morphable.reconstruct.ReconModels
+    whisper: object  # transformers WhisperEncoder
+    edit: object  # edit.models.EditModels
+    a2m: object | None = None  # motion.a2m model (None: depth from the video's own expressions)
+    hubert: object | None = None
+    parser: object | None = None  # BiSeNet (None unless blend == 'parsing')
+    files: dict = field(default_factory=dict)  # name -> (size, mtime): part of the cache key
+    untrained: bool = False  # True for the demo's built-in random models
+
+    def identity(self) -> str:
+        return json.dumps(self.files, sort_keys=True)
+
+
+@dataclass
+class LipSyncReport:
+    """What a run did: counts and seconds per stage (the benchmark prints these)."""
+
+    output: Path
+    frames: int = 0
+    fps: float = 0.0
+    frames_with_face: int = 0
+    cache_hit: bool = False
+    seconds: dict = field(default_factory=dict)
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A cheap stable identity of loaded weights (first and last tensors): part of the cache key."""
+    params = list(module.state_dict().values())
+    h = hashlib.sha1()
+    for t in (params[0], params[-1]) if params else ():
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _file_id(path: Path) -> list:
+    st = path.stat()
+    if path.is_dir():
+        return [sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())]
+    return [st.st_size, int(st.st_mtime)]
+
+
+def load_models(store: ModelStore, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *,
+                use_depth: bool = True, blend: str = "parsing") -> PipelineModels:
+    """Load every model the job needs from the official layout of ``store``; a missing file is a clear error."""
+    from .audio.hubert import load_hubert
+    from .audio.whisper import load_whisper_encoder
+    from .edit.models import default_dtype, load_edit_models
+    from .morphable.reconstruct import load_recon_models
+    from .motion.a2m import load_a2m
+
+    device = torch.device(device)
+    dtype = dtype or default_dtype(device)
+    paths = {k: store.path(k) for k in ("bfm", "bfm_mp468", "face_recon", "whisper", "joygen_unet", "vae")}
+    if use_depth:
+        paths.update({k: store.path(k) for k in ("a2m", "a2m_config", "hubert")})
+    if blend == "parsing":
+        paths["face_parse"] = store.path("face_parse")
+    recon = load_recon_models(paths["bfm"], paths["face_recon"], device, mp468_path=paths["bfm_mp468"])
+    models = PipelineModels(recon=recon, whisper=load_whisper_encoder(paths["whisper"], device),
+                            edit=load_edit_models(paths["joygen_unet"], paths["vae"], device, dtype),
+                            files={k: _file_id(p) for k, p in paths.items()})
+    if use_depth:
+        models.a2m = load_a2m(paths["a2m"], paths["a2m_config"], device=device)
+        models.hubert = load_hubert(paths["hubert"], device)
+    if blend == "parsing":
+        from .edit.parsing import load_face_parser
+
+        models.parser = load_face_parser(paths["face_parse"], device)
+    return models
+
+
+# ---------------------------------------------------------------- per-video cache
+
+
+def video_digest(path: Path, block: int = 1 << 20) -> str:
+    """SHA-1 of the file's bytes (content, not name or time)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class VideoCache:
+    """The per-video work on disk: face track, (masked, reference) latents and blend masks per chunk.
+
+    Written into a temporary folder renamed when complete, so an interrupted run never leaves a cache that
+    a later run would trust.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._loaded: dict[int, tuple] = {}
+
+    @staticmethod
+    def key(video: Path, options: LipSyncOptions, models: PipelineModels) -> str:
+        parts = {"video": video_digest(video), "settings": options.video_key(), "models": models.identity(),
+                 "chunk": options.chunk_frames, "format": CACHE_FORMAT}
+        return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def complete(self) -> bool:
+        meta = self.folder / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("format") == CACHE_FORMAT
+
+    def meta(self) -> dict:
+        return json.loads((self.folder / "meta.json").read_text())
+
+    def track(self):
+        from .face.track import FaceTrack
+
+        return FaceTrack.load(self.folder / "track.safetensors")
+
+    def chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masked latents, reference latents, blend masks uint8) of cached chunk ``k``; the last two kept."""
+        if k not in self._loaded:
+            from safetensors.torch import load_file
+
+            lat = load_file(str(self.folder / f"latents_{k:05d}.safetensors"))
+            masks = torch.from_numpy(np.load(self.folder / f"masks_{k:05d}.npz")["masks"])
+            if len(self._loaded) >= 2:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[k] = (lat["masked"].float(), lat["reference"].float(), masks)
+        return self._loaded[k]
+
+
+def _build_cache(folder: Path, video: Path, models: PipelineModels, options: LipSyncOptions,
+                 progress: Callable[[str, int, int], None] | None) -> None:
+    """Stage 1 over the whole video, chunk by chunk, into ``folder`` (atomic)."""
+    from safetensors.torch import save_file
+
+    from .edit import editor
+    from .face.track import FaceTrack
+    from .morphable.reconstruct import reconstruct
+    from .video.io import iter_frames, probe_video
+
+    info = probe_video(video)
+    tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        recon, edit = models.recon, models.edit
+        tracks, done = [], 0
+        ref_lat = None
+        for k, chunk in enumerate(iter_frames(video, chunk_size=options.chunk_frames)):
+            frames = torch.from_numpy(chunk)
+            track = reconstruct(frames, recon.detector, recon.regressor, recon.bfm, batch_size=options.chunk_frames,
+                                policy=options.face_policy, smooth=options.smooth, fps=float(info.fps))
+            n = frames.shape[0]
+            masked = torch.zeros(n, 4, 32, 32)
+            reference = torch.zeros(n, 4, 32, 32)
+            masks = np.zeros((n, *frames.shape[1:3]), np.uint8)
+            idx = track.detected.nonzero().squeeze(1)
+            if idx.numel():
+                crops = editor.face_crops(frames[idx], track.box[idx])
+                masked[idx], reference[idx] = editor.reference_latents(edit, crops, options.batch_size)
+                m = editor.blend_masks_for(frames[idx], track.box[idx], track.lm68[idx], options.blend, models.parser)
+                masks[idx.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            save_file({"masked": masked.half(), "reference": reference.half()},
+                      str(tmp / f"latents_{k:05d}.safetensors"))
+            np.savez_compressed(tmp / f"masks_{k:05d}.npz", masks=masks)
+            tracks.append(track)
+            done += n
+            if progress is not None:
+                progress("video", done, info.frame_count)
+        if not tracks:
+            raise MediaError(f"{video} holds no decodable video frames.")
+        full = FaceTrack.concat(tracks)
+        full.fps = float(info.fps)
+        if options.reference_frame >= 0:
+            r = options.reference_frame
+            if not (0 <= r < len(full)) or not bool(full.detected[r]):
+                raise JoyGenError(f"Reference frame {r} has no face (or the video has {len(full)} frames): "
+                                  "pick a frame where the face is visible, or -1 (each frame its own reference).")
+            frame = torch.from_numpy(next(iter_frames(video, chunk_size=1, start=r, max_frames=1)))
+            ref_lat = editor.encode(edit, editor.to_vae_input(editor.face_crops(frame, full.box[r:r + 1])))
+            save_file({"reference": ref_lat.half()}, str(tmp / "fixed_reference.safetensors"))
+        full.save(tmp / "track.safetensors")
+        meta = {"format": CACHE_FORMAT, "frames": len(full), "chunk": options.chunk_frames, "fps": float(info.fps),
+                "faces": int(full.detected.sum()), "video": str(video)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- per-audio work
+
+
+def audio_conditioning(models: PipelineModels, audio16k: torch.Tensor, fps: float, n_out: int,
+                       options: LipSyncOptions, progress: Callable[[str, int, int], None] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(Whisper states [T50,5,384] half, frame windows [n_out,10], expressions [n_out,64] or None)."""
+    from .audio.whisper import whisper_hidden_states
+    from .audio.windows import frame_windows
+    from .motion.a2m import audio_to_motion
+
+    states = whisper_hidden_states(models.whisper, audio16k).half().cpu()
+    windows = frame_windows(n_out, fps, states.shape[0])
+    if progress is not None:
+        progress("audio", 1, 2)
+    exp = None
+    if options.use_depth:
+        motion = audio_to_motion(models.a2m, models.hubert, audio16k, fps, n_out, seed=options.seed,
+                                 temperature=options.temperature, mouth_amp=options.mouth_amp)
+        exp = motion.exp
+    if progress is not None:
+        progress("audio", 2, 2)
+    return states, windows, exp
+
+
+def _features(states: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    from .audio.whisper import positional_encoding
+
+    f = states[windows].float().reshape(windows.shape[0], -1, states.shape[-1])
+    return f + positional_encoding(f.shape[1], f.shape[2])
+
+
+def _runs(index: torch.Tensor) -> Iterator[tuple[int, int, int, bool]]:
+    """Split source indices into contiguous runs: (position in index, start, stop, descending)."""
+    i, n = 0, index.numel()
+    idx = index.tolist()
+    while i < n:
+        j = i + 1
+        if j < n and idx[j] == idx[i] - 1:
+            while j < n and idx[j] == idx[j - 1] - 1:
+                j += 1
+            yield i, idx[j - 1], idx[i] + 1, True
+        else:
+            while j < n and idx[j] == idx[j - 1] + 1:
+                j += 1
+            yield i, idx[i], idx[j - 1] + 1, False
+        i = j
+
+
+def _source_frames(reader, index: torch.Tensor) -> torch.Tensor:
+    """Frames at ``index`` (ascending or descending runs, repeats allowed), read in as few passes as possible."""
+    parts = []
+    for _, start, stop, desc in _runs(index):
+        block = reader.read(start, stop)
+        parts.append(block[::-1] if desc else block)
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
+
+
+def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, models: PipelineModels,
+             options: LipSyncOptions | None = None, *, cache_root: Path | str | None = None,
+             overwrite: bool = False, progress: Callable[[str, int, int], None] | None = None) -> LipSyncReport:
+    """Edit ``video`` so its lips follow ``audio``; write ``out`` (H.264 + AAC, the driving audio, the video's fps).
+
+    ``audio`` may be an audio file, a video with sound, or a decoded ``AudioClip``. ``cache_root``: where
+    per-video caches live (None: a temporary cache deleted afterwards). ``progress(stage, done, total)``, stage in
+    video / audio / edit. The output appears only when complete.
+    """
+    import tempfile
+
+    from .audio.prepare import to_mono_16k
+    from .edit import editor
+    from .render.depth import render_mouth_depth
+    from .video.io import FrameReader, probe_video, read_audio, write_video
+    from .video.length import fit_length, frames_for_duration
+
+    options = options or LipSyncOptions()
+    video, out = Path(video), Path(out)
+    if out.exists() and not overwrite:
+        raise MediaError(f"{out} already exists; choose another name (outputs never overwrite files).")
+    report = LipSyncReport(output=out)
+    t0 = time.perf_counter()
+    info = probe_video(video)
+    clip = audio if isinstance(audio, AudioClip) else read_audio(audio)
+    if clip.waveform.shape[-1] == 0:
+        raise MediaError("The driving audio holds no samples.")
+    audio16k = to_mono_16k(clip.waveform, clip.sample_rate)
+    fps = float(info.fps)
+
+    tmp_cache = None
+    if cache_root is None:
+        tmp_cache = tempfile.mkdtemp(prefix="joygen_cache_")
+        cache_root = tmp_cache
+    try:
+        cache = VideoCache(Path(cache_root) / VideoCache.key(video, options, models))
+        report.cache_hit = cache.complete()
+        if not report.cache_hit:
+            _build_cache(cache.folder, video, models, options, progress)
+        report.seconds["video (track, latents, masks)"] = time.perf_counter() - t0
+        track = cache.track()
+        meta = cache.meta()
+        n_src, chunk_len = meta["frames"], meta["chunk"]
+        n_out = frames_for_duration(clip.duration, info.fps)
+        index = fit_length(n_src, n_out, options.length_mode)
+        n_out = int(index.numel())
+        report.frames, report.fps = n_out, fps
+
+        t1 = time.perf_counter()
+        states, windows, exp = audio_conditioning(models, audio16k, fps, n_out, options, progress)
+        report.seconds["audio (whisper, motion)"] = time.perf_counter() - t1
+
+        edit = models.edit
+        black = None if options.use_depth else editor.black_depth_latent(edit)
+        fixed_ref = None
+        if options.reference_frame >= 0:
+            from safetensors.torch import load_file
+
+            fixed_ref = load_file(str(cache.folder / "fixed_reference.safetensors"))["reference"].float()
+        timing = {"read": 0.0, "depth": 0.0, "edit": 0.0}
+
+        def frames_out() -> Iterator[np.ndarray]:
+            with FrameReader(video) as reader:
+                for a in range(0, n_out, options.chunk_frames):
+                    src = index[a:a + options.chunk_frames]
+                    ts = time.perf_counter()
+                    frames = _source_frames(reader, src)
+                    timing["read"] += time.perf_counter() - ts
+                    sub = track.select(src)
+                    sel = sub.detected.nonzero().squeeze(1)
+                    report.frames_with_face += int(sel.numel())
+                    if sel.numel():
+                        s_src = src[sel]
+                        lat = [cache.chunk(int(i) // chunk_len) for i in s_src]
+                        off = (s_src % chunk_len).tolist()
+                        masked = torch.stack([c[0][o] for c, o in zip(lat, off)])
+                        ref = (fixed_ref.expand(len(off), -1, -1, -1) if fixed_ref is not None
+                               else torch.stack([c[1][o] for c, o in zip(lat, off)]))
+                        masks = torch.stack([c[2][o] for c, o in zip(lat, off)]).float() / 255.0
+                        ts = time.perf_counter()
+                        if options.use_depth:
+                            e = exp[a:a + options.chunk_frames][sel]
+                            mouth, _ = render_mouth_depth(sub.select(sel), e, models.recon.bfm, options.raster_backend,
+                                                          preview=False)
+                            depth = editor.depth_latents(edit, mouth, options.batch_size)
+                        else:
+                            depth = black
+                        timing["depth"] += time.perf_counter() - ts
+                        ts = time.perf_counter()
+                        audio_feats = _features(states, windows[a:a + options.chunk_frames][sel])
+                        frames[sel] = editor.edit_chunk(edit, frames[sel], sub.box[sel], masked, ref, depth,
+                                                        audio_feats, masks, options.batch_size)
+                        timing["edit"] += time.perf_counter() - ts
+                    if progress is not None:
+                        progress("edit", min(a + options.chunk_frames, n_out), n_out)
+                    yield frames.numpy()
+
+        write_video(out, frames_out(), fps=info.fps, audio=clip, crf=options.crf, overwrite=overwrite)
+        report.seconds["read frames"] = timing["read"]
+        report.seconds["mouth depth (render + encode)"] = timing["depth"]
+        report.seconds["edit (UNet, decode, blend)"] = timing["edit"]
+        report.seconds["total"] = time.perf_counter() - t0
+        if report.frames_with_face == 0:
+            log.warning("No face was found in %s: the output is the input video with the new audio.", video)
+        return report
+    finally:
+        if tmp_cache is not None:
+            shutil.rmtree(tmp_cache, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _options(args: argparse.Namespace) -> LipSyncOptions:
+    return LipSyncOptions(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
+                          reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
+                          seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    from .video.length import MODES
+
+    p.add_argument("--out", required=True, help="output MP4 (never overwritten unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--length", choices=MODES, default="pingpong", help="fit the video to the audio's length")
+    p.add_argument("--audio-only", action="store_true", help="no depth: edit from the audio features alone")
+    p.add_argument("--blend", choices=("parsing", "landmarks", "box"), default="parsing",
+                   help="blend mask: BiSeNet face parsing (official), feathered landmarks, or the half box")
+    p.add_argument("--reference-frame", type=int, default=-1, help="-1: each frame its own reference (official)")
+    p.add_argument("--face-policy", choices=("largest", "track"), default="largest")
+    p.add_argument("--smooth", action="store_true", help="smooth face boxes over time")
+    p.add_argument("--seed", type=int, default=0, help="seed of the audio-to-motion sample")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--chunk-frames", type=int, default=64, help="frames held in memory at once")
+    p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
+    p.add_argument("--cache", help="per-video cache folder (default: ./temp/joygen_cache)")
+
+
+def _device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _log_progress() -> Callable[[str, int, int], None]:
+    last: dict[str, float] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done >= total or now - last.get(stage, 0.0) > 2.0:
+            last[stage] = now
+            log.info("%s: %d/%d", stage, done, total)
+
+    return report
+
+
+def _print_report(report: LipSyncReport) -> None:
+    print(f"wrote {report.output}: {report.frames} frames at {report.fps:.3f} fps, "
+          f"{report.frames_with_face} with a face{' (video cache reused)' if report.cache_hit else ''}")
+    for stage, s in report.seconds.items():
+        print(f"  {stage:<32} {s:8.2f} s")
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    options = _options(args)
+    store = ModelStore([Path(args.models)] if args.models else default_model_dirs())
+    models = load_models(store, _device(args.device), use_depth=options.use_depth, blend=options.blend)
+    report = lip_sync(args.video, args.audio, args.out, models, options, cache_root=args.cache or
+                      Path("temp") / "joygen_cache", overwrite=args.overwrite, progress=_log_progress())
+    _print_report(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(args, _options(args), _device(args.device), _log_progress())
+    _print_report(report)
+    return 0
+
+
+def add_cli_commands(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("edit", help="edit a video's lips to follow an audio track")
+    e.add_argument("--video", required=True, help="input video (any fps, resolution, rotation)")
+    e.add_argument("--audio", required=True, help="driving speech: an audio file or a video with sound")
+    e.add_argument("--models", help="the JoyGen model folder (default: $JOYGEN_MODELS or ./models/joygen)")
+    _add_common(e)
+    e.set_defaults(func=cmd_edit)
+    d = sub.add_parser("demo", help="run the whole job on a built-in sample (a real face clip + synthesised speech)")
+    d.add_argument("--models", help="the JoyGen model folder; without the official weights the demo runs small "
+                                    "untrained models and says so")
+    _add_common(d)
+    d.set_defaults(func=cmd_demo, out="output/demo.mp4")
+    for action in d._actions:
+        if action.dest == "out":
+            action.required = False
+            action.default = "output/demo.mp4"
+
+
+def options_dict(options: LipSyncOptions) -> dict:
+    return asdict(options)

@@ -1,0 +1,90 @@
+"""The editing models load from official-format diffusers folders, strictly, with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from joygen_core.edit import editor
+from joygen_core.edit.models import load_unet, load_vae, rename_legacy_keys
+from joygen_core.errors import ModelFileError
+
+
+@pytest.fixture(scope="module")
+def edit_folders(tmp_path_factory):
+    from factory.edit import write_unet, write_vae
+
+    root = tmp_path_factory.mktemp("edit")
+    return write_unet(root / "joygen"), write_vae(root / "sd-vae-ft-mse"), root
+
+
+def test_vae_with_old_attention_names_matches_diffusers(edit_folders):
+    from diffusers import AutoencoderKL
+
+    _, vae_dir, _ = edit_folders
+    ours = load_vae(vae_dir)
+    ref = AutoencoderKL.from_pretrained(vae_dir).eval()  # diffusers' own loader, converting the old names
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        a = ours.encode(x).latent_dist.mean
+        b = ref.encode(x).latent_dist.mean
+    assert torch.equal(a, b)
+
+
+def test_unet_loads_strictly_and_matches_diffusers(edit_folders):
+    from diffusers import UNet2DConditionModel
+
+    unet_dir, _, _ = edit_folders
+    ours = load_unet(unet_dir)
+    ref = UNet2DConditionModel.from_pretrained(unet_dir).eval()
+    x, a = torch.randn(2, 12, 32, 32), torch.randn(2, 50, 384)
+    with torch.no_grad():
+        assert torch.equal(editor.predict_latents(ours, x, a), ref(x, 0, encoder_hidden_states=a).sample)
+
+
+def test_musetalk_unet_is_refused_with_a_clear_message(tmp_path):
+    from factory.edit import write_unet
+
+    folder = write_unet(tmp_path / "musetalk", in_channels=8)
+    with pytest.raises(ModelFileError, match="MuseTalk UNet"):
+        load_unet(folder)
+
+
+def test_wrong_shapes_and_missing_files_name_the_problem(edit_folders, tmp_path):
+    import shutil
+
+    unet_dir, vae_dir, _ = edit_folders
+    bad = tmp_path / "bad_vae"
+    shutil.copytree(vae_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["latent_channels"] = 8
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFileError, match="shape mismatches"):
+        load_vae(bad)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelFileError, match="no config.json"):
+        load_unet(empty)
+    (empty / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "in_channels": 12,
+                                                   "cross_attention_dim": 384}))
+    with pytest.raises(ModelFileError, match="holds no UNet weights"):
+        load_unet(empty)
+
+
+def test_legacy_rename_only_touches_attention_projections():
+    state = {"encoder.mid_block.attentions.0.query.weight": 1, "encoder.mid_block.attentions.0.proj_attn.bias": 2,
+             "encoder.down_blocks.0.resnets.0.conv1.weight": 3}
+    assert rename_legacy_keys(state) == {"encoder.mid_block.attentions.0.to_q.weight": 1,
+                                         "encoder.mid_block.attentions.0.to_out.0.bias": 2,
+                                         "encoder.down_blocks.0.resnets.0.conv1.weight": 3}
+
+
+def test_face_crop_and_vae_input_follow_the_official_rules():
+    frames = torch.full((1, 40, 40, 3), 200, dtype=torch.uint8)
+    crop = editor.face_crops(frames, torch.tensor([[-20, 0, 20, 40]]), size=40)
+    assert crop[0, :, :18].max() == 0 and crop[0, :, 22:].min() == 200  # zero fill left of the frame
+    x = editor.to_vae_input(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8), lower_half_black=True)
+    assert x.shape == (1, 3, 8, 8)
+    assert torch.all(x[:, :, :4] == 1) and torch.all(x[:, :, 4:] == -1)
