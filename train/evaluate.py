@@ -255,18 +255,20 @@ def _pair_up(generated: MediaSet, real: MediaSet) -> list[tuple[Path, Path]]:
 def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], inception: Path | str,
              syncnet: Path | str, *, pairs: str = "unpaired", name: str = "generated", device: str = "cpu",
              batch_size: int = 50, sync_batch: int = 20, max_seconds: float | None = None, fid_stride: int = 1,
-             face_crop: str = "detect", real_lse: bool = True, vshift: int = 15) -> EvaluationReport:
+             face_crop: str = "detect", real_lse: bool = True, vshift: int = 15,
+             fid_method: str = "auto") -> EvaluationReport:
     """FID (generated frames vs real frames) and LSE-D / LSE-C (generated videos vs their sound tracks).
 
     ``max_seconds`` keeps the first seconds of each video for both metrics (the paper scores ~10 s
     clips); ``fid_stride`` takes every n-th frame for FID; ``face_crop`` 'detect' (MTCNN, official crop
-    geometry) or 'none' (the videos are face crops already).
+    geometry) or 'none' (the videos are face crops already); ``fid_method`` see
+    :func:`train.metrics.fid.fid`.
     """
     import torch
 
     from joygen_core.video.io import probe_video
 
-    from .metrics.fid import frame_statistics, frechet_distance, load_fid_inception
+    from .metrics.fid import fid, frame_statistics, load_fid_inception
     from .metrics.syncnet import clip_sync_scores, load_syncnet
 
     if pairs not in PAIRS:
@@ -308,10 +310,10 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
     if stats_g.count < 2 or stats_r.count < 2:
         raise MediaError(f"FID needs at least 2 frames on each side; got {stats_g.count} generated, "
                          f"{stats_r.count} real.")
-    fd = frechet_distance(stats_g.mean, stats_g.cov, stats_r.mean, stats_r.cov)
+    fd = fid(stats_g, stats_r, method=fid_method)
     if min(stats_g.count, stats_r.count) < 2048:
         log.warning("FID from %d / %d frames (fewer than the 2048 feature dimensions): the covariances are "
-                    "singular and the value is biased; published FIDs use thousands of frames.",
+                    "singular and the value is biased upward; published FIDs use thousands of frames.",
                     stats_g.count, stats_r.count)
 
     # ---- LSE
@@ -355,11 +357,12 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
                         videos=sum(p.role == "real" for p in per_video), frames=stats_r.count))
     return EvaluationReport(
         protocol=pairs, rows=rows, per_video=per_video,
-        fid={"value": fd.value, "generated_frames": stats_g.count, "real_frames": stats_r.count,
-             "eps_offset_used": fd.offset_used, "max_imag": fd.max_imag},
+        fid={"value": fd.value, "method": fd.method, "generated_frames": stats_g.count,
+             "real_frames": stats_r.count, "eps_offset_used": fd.offset_used, "max_imag": fd.max_imag},
         settings={"generated": [str(p) for p in generated], "real": [str(p) for p in real],
                   "inception": str(inception), "syncnet": str(syncnet), "device": str(dev),
-                  "max_seconds": max_seconds, "fid_stride": fid_stride, "face_crop": face_crop, "vshift": vshift})
+                  "max_seconds": max_seconds, "fid_stride": fid_stride, "fid_method": fid_method,
+                  "face_crop": face_crop, "vshift": vshift})
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -376,7 +379,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate(args.generated, args.real, args.inception, args.syncnet, pairs=args.pairs, name=args.name,
                       device=args.device or _default_device(), batch_size=args.batch_size,
                       sync_batch=args.sync_batch, max_seconds=args.max_seconds, fid_stride=args.fid_stride,
-                      face_crop=args.face_crop, real_lse=not args.no_real_lse, vshift=args.vshift)
+                      face_crop=args.face_crop, real_lse=not args.no_real_lse, vshift=args.vshift,
+                      fid_method=args.fid_method)
     print(report.to_markdown(), end="")
     if args.out:
         js, md = report.write(args.out)
@@ -424,6 +428,9 @@ def add_evaluate_command(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--sync-batch", type=_positive_int, default=20, help="windows per SyncNet pass (official 20)")
     p.add_argument("--max-seconds", type=_positive_float, help="score only the first seconds of each video")
     p.add_argument("--fid-stride", type=_positive_int, default=1, help="use every n-th frame for FID")
+    p.add_argument("--fid-method", choices=("auto", "sqrtm", "features"), default="auto",
+                   help="sqrtm: the reference computation; features: exact from the features (sets smaller than "
+                        "2048 frames); auto: features for small sets, else sqrtm")
     p.add_argument("--face-crop", choices=FACE_CROPS, default="detect",
                    help="detect: find the face (MTCNN) and cut the official SyncNet crop; none: the videos are "
                         "face crops already")

@@ -7,6 +7,8 @@ from pytorch-fid so numbers compare with papers: RGB in [0, 1] -> bilinear resiz
 (``align_corners=False``, no antialiasing) -> scaled to [-1, 1]; features are the 2048-d output of the
 final average pool; statistics are the mean and the unbiased covariance; the distance uses
 ``scipy.linalg.sqrtm`` with a 1e-6 diagonal offset when the covariance product is singular.
+For sets smaller than the 2048 feature dimensions the same distance is computed exactly (and in a
+fraction of a second) from the features themselves, see :func:`frechet_distance_features`.
 """
 
 from __future__ import annotations
@@ -168,14 +170,18 @@ class GaussianStats:
 
     Sums are taken about a shift (the first batch's mean) so the covariance does not lose digits to
     cancellation; ``mean`` / ``cov`` equal ``np.mean`` / ``np.cov(rowvar=False)`` of all rows seen.
+    The rows themselves are kept while there are at most ``keep`` of them (for the exact small-set
+    distance, :func:`frechet_distance_features`).
     """
 
-    def __init__(self, dim: int = FEATURE_DIM):
+    def __init__(self, dim: int = FEATURE_DIM, keep: int = 4096):
         self.dim = dim
+        self.keep = keep
         self.count = 0
         self._shift: np.ndarray | None = None
         self._sum = np.zeros(dim)
         self._outer = np.zeros((dim, dim))
+        self._rows: list[np.ndarray] | None = []
 
     def update(self, features: torch.Tensor | np.ndarray) -> GaussianStats:
         f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, np.float64)
@@ -189,7 +195,14 @@ class GaussianStats:
         self._sum += c.sum(axis=0)
         self._outer += c.T @ c
         self.count += f.shape[0]
+        if self._rows is not None:
+            self._rows = self._rows + [f] if self.count <= self.keep else None
         return self
+
+    @property
+    def features(self) -> np.ndarray | None:
+        """All rows seen [count, dim], or None once more than ``keep`` were seen."""
+        return None if self._rows is None or not self._rows else np.concatenate(self._rows)
 
     @property
     def mean(self) -> np.ndarray:
@@ -207,35 +220,46 @@ class GaussianStats:
 
 @dataclass(frozen=True)
 class FrechetResult:
-    """The distance and how it was reached (whether the eps offset was needed, the largest imaginary part)."""
+    """The distance and how it was reached: ``method`` 'sqrtm' or 'features', whether the eps offset
+    was needed, the largest imaginary part dropped."""
 
     value: float
-    offset_used: bool
-    max_imag: float
+    method: str = "sqrtm"
+    offset_used: bool = False
+    max_imag: float = 0.0
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    import warnings
+
+    from scipy import linalg
+
+    with warnings.catch_warnings():
+        # A singular product is expected with few samples; non-finite results are handled by the caller.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        return linalg.sqrtm(a)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      eps: float = 1e-6) -> FrechetResult:
-    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))`` between two Gaussians.
+    """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2))`` between two Gaussians (the reference FID route).
 
-    As in the reference FID code: when ``sqrtm(S1 S2)`` is not finite (a singular product, e.g. fewer
-    samples than 2048 dimensions) ``eps * I`` is added to both covariances; a small imaginary part from
-    round-off is dropped, a large one (diagonal > 1e-3) is an error.
+    As in the reference FID code: when ``sqrtm(S1 S2)`` is not finite (a singular product) ``eps * I``
+    is added to both covariances; a small imaginary part from round-off is dropped, a large one
+    (diagonal > 1e-3) is an error. Costs a 2048x2048 Schur decomposition (tens of seconds on a CPU).
     """
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
         raise ValueError(f"mismatched statistics: means {mu1.shape} / {mu2.shape}, covariances {s1.shape} / "
                          f"{s2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(s1 @ s2)
+    covmean = _sqrtm(s1 @ s2)
     offset_used = not np.isfinite(covmean).all()
     if offset_used:
         log.warning("FID: the covariance product is singular; adding %g to the covariance diagonals.", eps)
         offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
+        covmean = _sqrtm((s1 + offset) @ (s2 + offset))
     max_imag = 0.0
     if np.iscomplexobj(covmean):
         max_imag = float(np.abs(covmean.imag).max())
@@ -244,7 +268,30 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                              "are degenerate (too few frames?)")
         covmean = covmean.real
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-    return FrechetResult(value=value, offset_used=offset_used, max_imag=max_imag)
+    return FrechetResult(value=value, method="sqrtm", offset_used=offset_used, max_imag=max_imag)
+
+
+def frechet_distance_features(f1: np.ndarray, f2: np.ndarray) -> FrechetResult:
+    """The same distance between the Gaussians fitted to two feature sets [n1, d], [n2, d], exactly.
+
+    With ``A``, ``B`` the centred rows over ``sqrt(n - 1)``, ``S1 = A^T A`` and ``S2 = B^T B``, and the
+    nonzero eigenvalues of ``S1 S2`` are the squared singular values of ``A B^T``: so
+    ``Tr sqrt(S1 S2)`` is the nuclear norm of the small ``n1 x n2`` matrix ``A B^T``. No square root of
+    a singular 2048x2048 product (the usual case with fewer frames than dimensions), no eps offset.
+    """
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
+        raise ValueError(f"need two feature sets [n>=2, d] of one width; got {f1.shape} and {f2.shape}")
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    a = (f1 - mu1) / np.sqrt(len(f1) - 1)
+    b = (f2 - mu2) / np.sqrt(len(f2) - 1)
+    nuclear = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    diff = mu1 - mu2
+    value = float(diff @ diff + np.sum(a * a) + np.sum(b * b) - 2 * nuclear)
+    return FrechetResult(value=value, method="features")
+
+
+FID_METHODS = ("auto", "sqrtm", "features")
 
 
 def frame_statistics(model: FIDInception, chunks: Iterable[torch.Tensor | np.ndarray], batch_size: int = 50
@@ -256,6 +303,20 @@ def frame_statistics(model: FIDInception, chunks: Iterable[torch.Tensor | np.nda
     return stats
 
 
-def fid(stats_a: GaussianStats, stats_b: GaussianStats, eps: float = 1e-6) -> float:
-    """FID between two accumulated feature sets."""
-    return frechet_distance(stats_a.mean, stats_a.cov, stats_b.mean, stats_b.cov, eps).value
+def fid(stats_a: GaussianStats, stats_b: GaussianStats, method: str = "auto", eps: float = 1e-6) -> FrechetResult:
+    """FID between two accumulated feature sets.
+
+    ``method``: 'sqrtm' the reference route (:func:`frechet_distance`); 'features' the exact small-set
+    route (:func:`frechet_distance_features`, needs both sets' rows kept); 'auto' takes 'features' when
+    both sets hold fewer frames than feature dimensions (where the covariances are singular and
+    ``sqrtm`` is least accurate), else 'sqrtm' (so large sets get exactly the reference computation).
+    """
+    if method not in FID_METHODS:
+        raise ValueError(f"method must be one of {FID_METHODS}; got {method!r}")
+    fa, fb = stats_a.features, stats_b.features
+    small = fa is not None and fb is not None and max(len(fa), len(fb)) < stats_a.dim
+    if method == "features" or (method == "auto" and small):
+        if fa is None or fb is None:
+            raise ValueError(f"the 'features' route needs every row kept; more than {stats_a.keep} were seen")
+        return frechet_distance_features(fa, fb)
+    return frechet_distance(stats_a.mean, stats_a.cov, stats_b.mean, stats_b.cov, eps)
