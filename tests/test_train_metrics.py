@@ -127,11 +127,11 @@ def test_streaming_statistics_and_the_features_route():
         exact = F.frechet_distance_features(sx.features, sy.features)
         assert exact.value > 1.0
         assert abs(exact.value - ref.value) < 1e-6 * ref.value
-        assert F.fid(sx, sy).method == ("features" if max(n1, n2) < d else "sqrtm")
+        assert F.fid_score(sx, sy).method == ("features" if max(n1, n2) < d else "sqrtm")
     small = F.GaussianStats(4, keep=5).update(np.zeros((6, 4)))
     assert small.features is None
     with pytest.raises(ValueError, match="every row kept"):
-        F.fid(small, small, method="features")
+        F.fid_score(small, small, method="features")
 
 
 def test_identical_frames_give_zero_fid_and_different_ones_do_not(inception, face_frames):
@@ -142,18 +142,18 @@ def test_identical_frames_give_zero_fid_and_different_ones_do_not(inception, fac
     again = F.inception_features(inception, frames.clone(), batch_size=4)  # other batching, same features
     assert torch.allclose(feats, again, atol=1e-5)
     a, b = F.GaussianStats().update(feats), F.GaussianStats().update(again)
-    same = F.fid(a, b)
+    same = F.fid_score(a, b)
     assert same.method == "features" and abs(same.value) < 1e-6
     darker = (frames.float() * 0.6).to(torch.uint8)
     c = F.GaussianStats().update(F.inception_features(inception, darker))
-    assert F.fid(a, c).value > 100 * max(abs(same.value), 1e-6)
+    assert F.fid_score(a, c).value > 100 * max(abs(same.value), 1e-6)
 
 
 @pytest.mark.slow
 def test_identical_frames_zero_fid_by_the_reference_route(inception, face_frames):
     feats = F.inception_features(inception, torch.from_numpy(np.ascontiguousarray(face_frames[:8])))
     a = F.GaussianStats().update(feats)
-    got = F.fid(a, a, method="sqrtm")
+    got = F.fid_score(a, a, method="sqrtm")
     assert got.method == "sqrtm" and abs(got.value) < 1e-3
 
 
@@ -267,6 +267,40 @@ def test_offset_and_scores_from_shifted_embeddings(k):
     assert int(got.mean_dists.argmin()) == vshift - k
 
 
+class _Recorder:
+    """Stand-in SyncNet that keeps what it was fed."""
+
+    def __init__(self):
+        self.clips, self.mfcc = [], []
+
+    def embed_video(self, clips):
+        self.clips.append(clips)
+        return clips.flatten(1)[:, :8]
+
+    def embed_audio(self, mfcc):
+        self.mfcc.append(mfcc)
+        return mfcc.flatten(1)[:, :8]
+
+
+def test_embed_clip_feeds_bgr_0_255_windows_in_batches():
+    rng = np.random.default_rng(0)
+    faces = torch.from_numpy(rng.integers(0, 256, (14, 224, 224, 3), dtype=np.uint8))
+    samples = torch.from_numpy(rng.standard_normal(14 * 640) * 1000)
+    rec = _Recorder()
+    v, a = S.embed_clip(rec, faces, samples, batch_size=4)
+    assert v.shape == a.shape == (9, 8)  # min(14, 8960 // 640) - 5 windows
+    assert [c.shape[0] for c in rec.clips] == [4, 4, 1]
+    clips = torch.cat(rec.clips)
+    assert clips.dtype == torch.float32 and clips.shape == (9, 3, 5, 224, 224)
+    # window 6, its third frame (= frame 8), channel 0 is the blue channel, unscaled
+    assert torch.equal(clips[6, 0, 2], faces[8, :, :, 2].float())
+    assert torch.equal(clips[6, 2, 2], faces[8, :, :, 0].float())
+    mfcc = S.speech_mfcc(samples)
+    assert torch.allclose(torch.cat(rec.mfcc)[6, 0], mfcc[:, 24:44].float())
+    with pytest.raises(MediaError, match="too short"):
+        S.embed_clip(rec, faces[:5], samples)
+
+
 class _LoudnessEmbedder:
     """Stand-in SyncNet: video -> the 5 frames' mean brightness, audio -> the 5 frames' mean log energy
     (MFCC coefficient 0, 4 MFCC frames per video frame), each standardised."""
@@ -352,3 +386,25 @@ def test_cli_errors(weights, face_video, tmp_path):
                  *common]) == 2
     with pytest.raises(SystemExit):
         main(["evaluate", "--generated", str(face_video)])
+
+
+def test_media_collection_and_pairing(tmp_path, face_video):
+    from PIL import Image
+
+    from train.evaluate import _pair_up, collect_media, image_chunks
+
+    (tmp_path / "frames" / "clip").mkdir(parents=True)
+    for i, size in enumerate([(20, 10), (20, 10), (30, 10)]):
+        Image.new("RGB", size, (i, 0, 0)).save(tmp_path / "frames" / "clip" / f"{i:03d}.png")
+    (tmp_path / "frames" / "notes.txt").write_text("not media")
+    media = collect_media([tmp_path / "frames", face_video], "--real")
+    assert media.videos == [face_video] and [p.name for p in media.images] == ["000.png", "001.png", "002.png"]
+    chunks = list(image_chunks(media.images, chunk=8))
+    assert [c.shape for c in chunks] == [(2, 10, 20, 3), (1, 10, 30, 3)]  # a size change starts a batch
+    assert [c.shape[0] for c in image_chunks(media.images, stride=2)] == [1, 1]
+    with pytest.raises(MediaError, match="no videos"):
+        collect_media([tmp_path / "frames" / "notes.txt"], "--generated")
+    gen = collect_media([face_video], "--generated")
+    assert _pair_up(gen, collect_media([face_video], "--real")) == [(face_video, face_video)]
+    with pytest.raises(MediaError, match="give videos"):
+        _pair_up(gen, media)

@@ -262,13 +262,13 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
     ``max_seconds`` keeps the first seconds of each video for both metrics (the paper scores ~10 s
     clips); ``fid_stride`` takes every n-th frame for FID; ``face_crop`` 'detect' (MTCNN, official crop
     geometry) or 'none' (the videos are face crops already); ``fid_method`` see
-    :func:`train.metrics.fid.fid`.
+    :func:`train.metrics.fid.fid_score`.
     """
     import torch
 
     from joygen_core.video.io import probe_video
 
-    from .metrics.fid import fid, frame_statistics, load_fid_inception
+    from .metrics.fid import fid_score, frame_statistics, load_fid_inception
     from .metrics.syncnet import clip_sync_scores, load_syncnet
 
     if pairs not in PAIRS:
@@ -310,7 +310,7 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
     if stats_g.count < 2 or stats_r.count < 2:
         raise MediaError(f"FID needs at least 2 frames on each side; got {stats_g.count} generated, "
                          f"{stats_r.count} real.")
-    fd = fid(stats_g, stats_r, method=fid_method)
+    fd = fid_score(stats_g, stats_r, method=fid_method)
     if min(stats_g.count, stats_r.count) < 2048:
         log.warning("FID from %d / %d frames (fewer than the 2048 feature dimensions): the covariances are "
                     "singular and the value is biased upward; published FIDs use thousands of frames.",
@@ -328,9 +328,12 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
     def score(video: Path, role: str, audio_from: Path | None = None) -> None:
         if audio_from is None and role == "generated" and video in real_audio and not probe_video(video).has_audio:
             audio_from = real_audio[video]
-        inputs = sync_inputs(video, detector, audio_from=audio_from, max_seconds=max_seconds)
-        s = clip_sync_scores(sync_net, inputs.faces, inputs.samples, vshift=vshift, batch_size=sync_batch,
-                             device=dev)
+        try:
+            inputs = sync_inputs(video, detector, audio_from=audio_from, max_seconds=max_seconds)
+            s = clip_sync_scores(sync_net, inputs.faces, inputs.samples, vshift=vshift, batch_size=sync_batch,
+                                 device=dev)
+        except MediaError as exc:
+            raise MediaError(f"LSE of {video}: {exc}") from exc
         log.info("%s %s: LSE-D %.3f  LSE-C %.3f  offset %+d (%d windows)", role, video.name, s.min_dist,
                  s.confidence, s.offset, s.windows)
         per_video.append(VideoSync(video=str(video), role=role, lse_d=s.min_dist, lse_c=s.confidence,

@@ -303,7 +303,7 @@ def frame_statistics(model: FIDInception, chunks: Iterable[torch.Tensor | np.nda
     return stats
 
 
-def fid(stats_a: GaussianStats, stats_b: GaussianStats, method: str = "auto", eps: float = 1e-6) -> FrechetResult:
+def fid_score(stats_a: GaussianStats, stats_b: GaussianStats, method: str = "auto", eps: float = 1e-6) -> FrechetResult:
     """FID between two accumulated feature sets.
 
     ``method``: 'sqrtm' the reference route (:func:`frechet_distance`); 'features' the exact small-set
