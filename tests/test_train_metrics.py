@@ -408,3 +408,21 @@ def test_media_collection_and_pairing(tmp_path, face_video):
     assert _pair_up(gen, collect_media([face_video], "--real")) == [(face_video, face_video)]
     with pytest.raises(MediaError, match="give videos"):
         _pair_up(gen, media)
+
+
+def test_cli_paired_takes_the_real_sound(weights, face_video, face_frames, tmp_path):
+    from joygen_core.video.io import probe_video, write_video
+    from train.evaluate import evaluate
+
+    silent = write_video(tmp_path / "gen" / face_video.name, iter([face_frames[:12]]), fps=25)
+    assert not probe_video(silent).has_audio
+    with pytest.raises(MediaError, match="without a sound track"):  # unpaired: the driving audio must be in the video
+        evaluate([silent], [face_video], weights["inception"], weights["syncnet"], max_seconds=0.28,
+                 face_crop="none", real_lse=False)
+    report = evaluate([tmp_path / "gen"], [face_video], weights["inception"], weights["syncnet"], pairs="paired",
+                      max_seconds=0.28, face_crop="none", real_lse=False)
+    assert report.protocol == "paired" and [r.name for r in report.rows] == ["generated"]
+    (video,) = report.per_video
+    assert video.audio == str(face_video) and video.windows == 2 and video.face_found == 1.0
+    assert report.fid["generated_frames"] == report.fid["real_frames"] == 7
+    assert 0 <= report.rows[0].fid < 1.0  # the same frames re-encoded

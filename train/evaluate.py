@@ -279,6 +279,12 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
     ref = collect_media(real, "--real")
     if not gen.videos:
         raise MediaError("--generated holds no videos: LSE-D / LSE-C need generated videos with their sound.")
+    pairs_list = _pair_up(gen, ref) if pairs == "paired" else []
+    silent = [v.name for v in gen.videos if not probe_video(v).has_audio]
+    if silent and not pairs_list:  # fail before minutes of FID, not after
+        raise MediaError(f"Generated videos without a sound track: {silent[:5]}. LSE compares the lips with the "
+                         "driving audio, so each generated video must carry it (JoyGen's outputs do), or use "
+                         "--pairs paired to take the matching real video's sound.")
     dev = torch.device(device)
     fid_net = load_fid_inception(inception, dev)
     sync_net = load_syncnet(syncnet, dev)
@@ -288,8 +294,6 @@ def evaluate(generated: Sequence[Path | str], real: Sequence[Path | str], incept
         info = probe_video(path)
         cap = _max_frames(float(info.fps), max_seconds)
         return info.frame_count if cap is None else min(cap, info.frame_count)
-
-    pairs_list = _pair_up(gen, ref) if pairs == "paired" else []
 
     def side_chunks(media: MediaSet, side: int) -> Iterator[np.ndarray]:
         if pairs_list:

@@ -18,8 +18,9 @@ as copied into Wav2Lip ``evaluation/scores_LSE``), so scores compare with publis
 The embedding network (:class:`SyncNet`) is kept apart from the distance / score computation
 (:func:`sync_distances`, :func:`sync_scores`), which takes any embeddings, so it is testable exactly.
 Face crops (:func:`syncnet_face_crops`) follow the official pipeline's geometry, but from our MTCNN
-boxes (``joygen_core.face.detect``) rather than the S3FD detector the official pipeline runs, and the
-crops are not re-encoded through an XVID AVI as the official does.
+boxes (``joygen_core.face.detect``) rather than the S3FD detector the official pipeline runs, and
+frames are not re-encoded on the way (the official dumps JPEG frames and writes the crops to an XVID AVI
+before scoring them), so scores differ from the official ones by that detector and that compression.
 """
 
 from __future__ import annotations
