@@ -37,7 +37,11 @@ def media(tmp_path_factory, face_frames, speech_wav):
     write_video(d / "mixed.mp4", iter([mixed]), fps=25.0, audio=audio)
     write_video(d / "silent.mp4", iter([f[:3]]), fps=25.0)
     (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
-    return {"mixed": d / "mixed.mp4", "silent": d / "silent.mp4", "corrupt": d / "corrupt.mp4"}
+    damaged = bytearray((d / "mixed.mp4").read_bytes())  # opens, then its video data breaks part way
+    damaged[len(damaged) // 2: len(damaged) // 2 + 2000] = bytes(2000)
+    (d / "damaged.mp4").write_bytes(bytes(damaged))
+    return {"mixed": d / "mixed.mp4", "silent": d / "silent.mp4", "corrupt": d / "corrupt.mp4",
+            "damaged": d / "damaged.mp4"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,7 @@ def prepared(tmp_path_factory, media, face_video, models):
     """Two preparation runs into one folder: the small fixtures whole, then the real face video sampled to
     6 frames as two runs of 3 (settings are per video)."""
     out = tmp_path_factory.mktemp("prepared")
-    videos = [media["mixed"], media["silent"], media["corrupt"]]
+    videos = [media["mixed"], media["silent"], media["corrupt"], media["damaged"]]
     summary = P.prepare(videos, out, models=models, min_clip_frames=MIN_CLIP, batch_size=16, progress=False)
     P.prepare([face_video], out, models=models, min_clip_frames=MIN_CLIP, max_frames_per_video=6,
               segment_frames=3, batch_size=16, progress=False)
@@ -69,11 +73,14 @@ def test_clips_and_drop_reasons(prepared, media, face_video):
     assert real["dropped"] == {"no_face": 0, "several_faces": 3, "too_short": 0, "no_audio": 0, "sampled_out": 39}
     assert _record(out, media["silent"])["status"] == "no_audio"
     # the run summary adds them up and names the failures
-    assert summary["videos"] == {"in_shard": 3, "skipped_done": 0, "prepared": 2, "without_clips": 1, "failed": 1}
+    assert summary["videos"] == {"in_shard": 4, "skipped_done": 0, "prepared": 2, "without_clips": 1, "failed": 2}
     assert summary["frames"]["dropped"] == {"no_face": 2, "several_faces": 1, "too_short": 2, "no_audio": 3,
                                             "sampled_out": 0}
     assert summary["frames"]["kept"] == 6 and summary["clips_written"] == 2
-    assert summary["failed"][0]["video"] == str(media["corrupt"]) and "unreadable" in summary["failed"][0]["error"]
+    errors = {e["video"]: e["error"] for e in summary["failed"]}
+    assert errors.keys() == {str(media["corrupt"]), str(media["damaged"])}
+    assert errors[str(media["corrupt"])].startswith("unreadable")
+    assert errors[str(media["damaged"])].startswith("corrupt")
     assert summary["without_clips"] == [{"video": str(media["silent"]), "reason": "no_audio"}]
     text = P.format_summary(summary)
     assert "several_faces" in text and "corrupt.mp4" in text and "2 clips" in text
@@ -83,6 +90,7 @@ def test_clips_and_drop_reasons(prepared, media, face_video):
          (P.video_id(face_video), "c000", 3)])
     assert not list((out / P.VIDEOS_DIR).glob(".*"))  # no partial folders left
     assert not (out / P.VIDEOS_DIR / P.video_id(media["corrupt"])).exists()
+    assert not (out / P.VIDEOS_DIR / P.video_id(media["damaged"])).exists()
 
 
 def test_clip_files_match_the_library(prepared, media, models, speech_wav):
@@ -127,7 +135,7 @@ def test_second_run_skips_finished_videos(prepared, models):
     stamps = {p: p.stat().st_mtime_ns for p in files}
     summary = P.prepare(videos, out, models=models, progress=False)
     assert summary["videos"]["skipped_done"] == 3 and summary["videos"]["prepared"] == 0
-    assert summary["videos"]["failed"] == 1  # the corrupt file is retried, and fails again
+    assert summary["videos"]["failed"] == 2  # the corrupt files are retried, and fail again
     assert summary["frames"]["decoded"] == 0
     assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing rewritten
     assert summary["dataset"] == {"videos": 2, "clips": 3, "frames": 9}
@@ -149,7 +157,7 @@ def test_cli_manifest_and_resume(prepared, media, face_video, capsys):
                  "--min-clip-frames", str(MIN_CLIP), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "2 already prepared (skipped), 0 prepared" in printed
-    assert sorted(P.find_videos([media["mixed"].parent])) == sorted(media.values())
+    assert sorted(P.find_videos([media["mixed"].parent])) == sorted(media.values())  # a folder: its videos
 
 
 def test_disk_full_leaves_no_partial_video(tmp_path, media, face_video, models, monkeypatch):
@@ -205,3 +213,21 @@ def test_npy_appender_streams_a_valid_file(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy", mmap_mode="r"), x)
     with pytest.raises(ValueError):
         P.NpyAppender(tmp_path / "b.npy", (4, 5, 3)).append(x[:, :2])
+
+
+def test_prepared_data_feeds_the_editing_unet(prepared, models_dir):
+    """The prepared fixture clips make a dataset whose batches go through the VAE and the UNet as in training."""
+    from joygen_core.edit.editor import encode, predict_latents, unet_input
+    from joygen_core.edit.models import load_edit_models
+    from train.dataset import build_dataset
+
+    out, _, _ = prepared
+    ds = build_dataset({"root": str(out), "min_ref_distance": 2})
+    assert len(ds) == 9
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=False)))
+    assert batch["target"].shape == (2, 3, 256, 256) and batch["audio"].shape == (2, 50, 384)
+    assert batch["target"].std() > 0.1  # real faces, not black crops
+    edit = load_edit_models(models_dir / "joygen", models_dir / "sd-vae-ft-mse")
+    latents = [encode(edit, batch[k]) for k in ("masked", "reference", "depth")]
+    pred = predict_latents(edit.unet, unet_input(*latents), batch["audio"])
+    assert pred.shape == (2, 4, 32, 32) and torch.isfinite(pred).all()

@@ -499,6 +499,9 @@ def _run_one(path: Path, out_dir: Path, models: PrepareModels, settings: Prepare
                     "error": f"disk full while writing {out_dir} ({exc}); free space and run again "
                              "(finished videos are kept and skipped)"}
         log.debug("Preparing %s failed", path, exc_info=True)
+        if type(exc).__module__.split(".")[0] == "av":
+            return {"video": str(path), "outcome": "failed",
+                    "error": f"corrupt: decoding failed part way ({exc}); re-encode or replace the file"}
         return {"video": str(path), "outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
