@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -264,9 +265,14 @@ class _ClipWriter:
         return {"name": self.name, "start": self.start, "frames": self.frames}
 
 
+def _tmp_beside(path: Path) -> Path:
+    """A temporary name next to ``path``, unique per machine and process (shards may share a folder)."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
 def _write_json(path: Path, data) -> None:
     """Write then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _tmp_beside(path)
     tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
@@ -347,7 +353,7 @@ def prepare_video(path: Path, out_dir: Path, models: PrepareModels, settings: Pr
         windows = [(0, 2**62)]  # not sampled: the frame count is an estimate, keep every frame decoded
     bounds = torch.tensor(windows, dtype=torch.long)  # [K,2]
 
-    tmp = videos / f"{_PARTIAL}{vid}-{os.getpid()}"
+    tmp = videos / f"{_PARTIAL}{vid}-{socket.gethostname()}-{os.getpid()}"
     tmp.mkdir()
     writer: _ClipWriter | None = None
     states = None
@@ -479,7 +485,7 @@ def rebuild_manifest(out_dir: Path | str) -> list[dict]:
                          "frames": int(clip["frames"]), "start": int(clip["start"]), "fps": rec["fps"],
                          "source": rec["source"]})
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp = _tmp_beside(out_dir / MANIFEST)
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     os.replace(tmp, out_dir / MANIFEST)
     return rows
