@@ -231,3 +231,16 @@ def test_prepared_data_feeds_the_editing_unet(prepared, models_dir):
     latents = [encode(edit, batch[k]) for k in ("masked", "reference", "depth")]
     pred = predict_latents(edit.unet, unet_input(*latents), batch["audio"])
     assert pred.shape == (2, 4, 32, 32) and torch.isfinite(pred).all()
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_data(prepared, media, models_dir, tmp_path):
+    """--workers 2 (spawned processes, one model copy each) writes the same files as the single process."""
+    out, _, _ = prepared
+    summary = P.prepare([media["mixed"], media["corrupt"]], tmp_path, models_dir, min_clip_frames=MIN_CLIP,
+                        batch_size=16, workers=2, progress=False)
+    assert summary["videos"]["prepared"] == 1 and summary["videos"]["failed"] == 1
+    vid = P.video_id(media["mixed"])
+    for name in ("c000.face.npy", "c000.depth.npy", "c001.face.npy", "c001.depth.npy"):
+        np.testing.assert_array_equal(np.load(tmp_path / P.VIDEOS_DIR / vid / name),
+                                      np.load(out / P.VIDEOS_DIR / vid / name))
