@@ -18,6 +18,8 @@ log = logging.getLogger("train")
 
 # (module inside train/, registering function); a module that is not there yet is skipped.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("prepare", "add_prepare_command"),
+    ("fit", "add_fit_command"),
     ("evaluate", "add_evaluate_command"),
 )
 
