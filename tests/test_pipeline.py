@@ -157,3 +157,15 @@ def test_cli_missing_models_is_one_clear_error(clip_dir, tmp_path):
     assert proc.returncode == 2
     assert "model folder does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_60_fps_odd_sized_video(models, face_frames, tmp_path):
+    frames = np.ascontiguousarray(face_frames[:10, :349, :347])
+    write_video(tmp_path / "odd.mp4", iter([frames]), fps=60)
+    src = probe_video(tmp_path / "odd.mp4")
+    speech = AudioClip(torch.zeros(1, 16000 // 5), 16000)  # 0.2 s of silence: 12 frames at 60 fps
+    report = lip_sync(tmp_path / "odd.mp4", speech, tmp_path / "out.mp4", models, _opts(),
+                      cache_root=tmp_path / "cache")
+    res = probe_video(tmp_path / "out.mp4")
+    assert res.fps == 60 and report.frames == res.frame_count == 12
+    assert (res.width, res.height) == (src.width, src.height)  # the source was padded to even already
