@@ -108,13 +108,15 @@ class JoyGenMouthMask:
         return {
             "required": {
                 "face_track": ("JOYGEN_FACE_TRACK", {"tooltip": "From JoyGen 3DMM Reconstruct."}),
-                "mode": (["region", "landmarks", "parsing"], {"default": "region", "tooltip": "region: the lower "
-                         "half of each face box (what the UNet regenerates); landmarks: a feathered lower-face "
-                         "mask from the 68 landmarks; parsing: the official BiSeNet blend mask (needs images and "
-                         "a face parser)."}),
+                "mode": (["region", "landmarks", "parsing", "mediapipe lips"], {"default": "region", "tooltip":
+                         "region: the lower half of each face box (what the UNet regenerates); landmarks: a "
+                         "feathered lower-face mask from the 68 landmarks; parsing: the official BiSeNet blend "
+                         "mask (needs images and a face parser); mediapipe lips: the region narrowed to the lips "
+                         "MediaPipe finds (optional mediapipe package; frames where it finds none keep the "
+                         "region)."}),
             },
             "optional": {
-                "images": ("IMAGE", {"tooltip": "The frames (needed by mode parsing)."}),
+                "images": ("IMAGE", {"tooltip": "The frames (needed by modes parsing and mediapipe lips)."}),
                 "face_parser": ("JOYGEN_FACE_PARSER", {"tooltip": "From JoyGen Load Face Parser (mode parsing)."}),
             },
         }
@@ -133,8 +135,16 @@ class JoyGenMouthMask:
         from ..joygen_core.video.convert import image_to_uint8
 
         det = face_track.detected
+        region = regenerated_region(face_track.box, det, face_track.frame_size)
         if mode == "region":
-            return (regenerated_region(face_track.box, det, face_track.frame_size),)
+            return (region,)
+        if mode == "mediapipe lips":
+            from ..joygen_core.face.lips import lip_masks
+
+            if images is None:
+                raise ValueError("mode mediapipe lips needs the images")
+            lips, found = lip_masks(image_to_uint8(images), face_track.box, det)
+            return (torch.where(found[:, None, None], lips * region, region),)
         H, W = face_track.frame_size
         out = torch.zeros(len(face_track), H, W)
         idx = det.nonzero().squeeze(1)

@@ -7,6 +7,7 @@ projection, keypoints) and the regressor network on the same random weights and 
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -36,6 +37,8 @@ def official(monkeypatch_module):
     stubs = {"kornia": types.ModuleType("kornia"), "kornia.geometry": types.ModuleType("kornia.geometry"),
              "models": types.ModuleType("models"), "models.arcface_torch": types.ModuleType("models.arcface_torch"),
              "models.arcface_torch.backbones": types.ModuleType("models.arcface_torch.backbones")}
+    for name, mod in stubs.items():  # a spec, so find_spec() on them (diffusers does it) answers
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
     stubs["kornia.geometry"].warp_affine = None
     stubs["models"].__path__ = [str(OFFICIAL / "models")]
     stubs["models.arcface_torch.backbones"].get_model = None

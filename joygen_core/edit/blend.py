@@ -11,9 +11,11 @@ Official (JoyGen ``utils/blending.py`` ``get_image``, from MuseTalk), per frame 
 5. the face pasted into the region at the box, the region pasted into the frame through the mask
    (PIL ``paste`` with an 'L' mask: ``(dst*(255-m) + src*m) / 255`` in its integer rounding).
 
-Reproduced on batched tensors: PIL's resizes to the pixel, cv2's bilinear face resize and Gaussian
-blur to within one grey level. Differences on purpose: a frame without a face (``detected`` False)
-or with an empty box is passed through unchanged (the official skips writing it); no JPEG round trip.
+Reproduced on batched tensors in the same integer arithmetic: PIL's resizes and paste exactly,
+cv2's uint8 Gaussian blur (fixed-point taps) exactly, cv2's bilinear face resize exactly as its
+x86 SIMD path computes it (other builds round some pixels one grey level differently). Differences on
+purpose: a frame without a face (``detected`` False) or with an empty box is passed through unchanged
+(the official skips writing it, or fails on a 1-pixel box); no JPEG round trip.
 
 Public API::
 
@@ -146,12 +148,13 @@ def _scatter_windows(out: torch.Tensor, idx: torch.Tensor, y0: torch.Tensor, x0:
 
 def blend_masks(parser: BiSeNet, frames: torch.Tensor, boxes: torch.Tensor, detected: torch.Tensor | None = None,
                 *, batch_size: int = 8, expand: float = EXPAND,
-                upper_boundary_ratio: float = UPPER_BOUNDARY_RATIO) -> torch.Tensor:
+                upper_boundary_ratio: float = UPPER_BOUNDARY_RATIO, max_elements: int = 1 << 25) -> torch.Tensor:
     """The official blending masks float32 [B,H,W] in 0..1 (multiples of 1/255), in frame coordinates.
 
     ``frames`` uint8 RGB [B,H,W,3]; ``boxes`` [B,4] the face boxes (x1, y1, x2, y2) the edited faces are
     pasted into; ``detected`` [B] bool (None: all). Frames without a face get an all-zero mask. The
-    parser runs on its own device and dtype, ``batch_size`` frames at a time.
+    parser runs on its own device and dtype, ``batch_size`` frames at a time (fewer for regions so
+    large that a chunk would exceed ``max_elements`` float64 values, 256 MB by default).
     """
     frames = torch.as_tensor(frames)
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -161,6 +164,11 @@ def blend_masks(parser: BiSeNet, frames: torch.Tensor, boxes: torch.Tensor, dete
     todo = _detected(detected, box).nonzero().squeeze(1)
     region = blend_regions(box, expand)
     out = torch.zeros(b, h, w, dtype=torch.float32, device=frames.device)
+    if todo.numel() == 0:
+        return out
+    # a region costs 3*side**2 float64 values before its 512 resize: keep a chunk under max_elements
+    side_max = int((region[todo, 2] - region[todo, 0]).max())
+    batch_size = max(1, min(batch_size, max_elements // max(3 * side_max**2, 1)))
     for k in range(0, todo.numel(), batch_size):
         idx = todo[k:k + batch_size]
         x1, y1, x2, y2 = box[idx].unbind(1)
@@ -299,7 +307,8 @@ def paste_faces(frames: torch.Tensor, faces: torch.Tensor | Sequence, boxes: tor
     official ``cv2.resize(face, (x2-x1, y2-y1))``, or a sequence of B uint8 arrays already of each
     box's size [y2-y1, x2-x1, 3]. ``masks`` float [B,H,W] in 0..1 (``blend_masks`` or
     ``landmark_mask``), applied with PIL's 'L' paste arithmetic on ``round(mask * 255)``. Only pixels
-    inside the box (and inside the frame) can change; undetected frames come back unchanged.
+    inside the box (and inside the frame) can change; undetected frames come back unchanged. Runs on
+    the frames' device, ``batch_size`` frames at a time.
     """
     frames = torch.as_tensor(frames)
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -307,8 +316,9 @@ def paste_faces(frames: torch.Tensor, faces: torch.Tensor | Sequence, boxes: tor
     b, h, w = frames.shape[:3]
     box = _boxes(boxes, b)
     masks = torch.as_tensor(masks)
-    if masks.shape != (b, h, w):
-        raise ValueError(f"masks must be [{b},{h},{w}] like the frames, got {tuple(masks.shape)}")
+    if masks.shape != (b, h, w) or not masks.is_floating_point():
+        raise ValueError(f"masks must be float [{b},{h},{w}] in 0..1 like the frames, got {masks.dtype} "
+                         f"{tuple(masks.shape)}")
     listed = not isinstance(faces, torch.Tensor) and not (isinstance(faces, np.ndarray) and faces.ndim == 4)
     if listed:
         if len(faces) != b:
@@ -317,8 +327,7 @@ def paste_faces(frames: torch.Tensor, faces: torch.Tensor | Sequence, boxes: tor
         faces = torch.as_tensor(faces)
         if faces.dtype != torch.uint8 or faces.ndim != 4 or faces.shape[0] != b or faces.shape[-1] != 3:
             raise ValueError(f"faces must be uint8 [{b},h,w,3]; got {faces.dtype} {tuple(faces.shape)}")
-    todo = _detected(None, box).nonzero().squeeze(1) if detected is None else \
-        _detected(detected, box).nonzero().squeeze(1)
+    todo = _detected(detected, box).nonzero().squeeze(1)
     out = frames.clone()
     dev = frames.device
     for k in range(0, todo.numel(), batch_size):

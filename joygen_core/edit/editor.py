@@ -165,16 +165,18 @@ def blend_masks_for(frames: torch.Tensor, boxes: torch.Tensor, lm68: torch.Tenso
                     parser=None) -> torch.Tensor:
     """Blend masks [B,H,W] in 0..1 for uint8 frames: BiSeNet parsing (official), feathered landmarks, or the
     plain regenerated half box."""
-    from . import blend
-
     if mode == "parsing":
+        from .blend import blend_masks
+
         if parser is None:
             raise ValueError("blend mode 'parsing' needs the BiSeNet face parser (face-parse-bisent/79999_iter.pth)")
-        return blend.blend_masks(parser, frames, boxes)
+        return blend_masks(parser, frames, boxes)
     if mode == "landmarks":
+        from .blend import landmark_mask
+
         if lm68 is None:
             raise ValueError("blend mode 'landmarks' needs the face track's 68 landmarks")
-        return blend.landmark_mask(lm68, boxes, tuple(frames.shape[1:3]))
+        return landmark_mask(lm68, boxes, tuple(frames.shape[1:3]))
     if mode == "box":
         from .mask import regenerated_region
 

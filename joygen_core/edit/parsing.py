@@ -292,10 +292,16 @@ def _face_mask_of_windows(model: BiSeNet, frames: torch.Tensor, y0: torch.Tensor
     return _resize_pil(face[:, None], my, mx)[:, 0]
 
 
+def _chunk(batch_size: int, h: int, w: int, max_elements: int = 1 << 25) -> int:
+    """Frames per chunk: at most batch_size, and 3*h*w float64 values each under max_elements (256 MB)."""
+    return max(1, min(batch_size, max_elements // max(3 * h * w, 1)))
+
+
 def parse_labels(model: BiSeNet, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Class labels int64 [B,512,512] of images uint8 RGB [B,H,W,3] resized to 512x512 (official)."""
     images = _check_images(images, "parse_labels")
     b, h, w = images.shape[:3]
+    batch_size = _chunk(batch_size, h, w)
     out = []
     for i in range(0, b, batch_size):
         n = min(batch_size, b - i)
@@ -312,6 +318,7 @@ def parse_faces(model: BiSeNet, images: torch.Tensor, batch_size: int = 8) -> to
     """
     images = _check_images(images, "parse_faces")
     b, h, w = images.shape[:3]
+    batch_size = _chunk(batch_size, h, w)
     out = torch.zeros(b, h, w, dtype=torch.uint8, device=images.device)
     for i in range(0, b, batch_size):
         n = min(batch_size, b - i)

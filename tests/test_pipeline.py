@@ -1,0 +1,171 @@
+"""The whole job on files: real face clip + speech -> edited MP4, the per-video cache, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from joygen_core.pipeline import LipSyncOptions, VideoCache, _runs, lip_sync, load_models
+from joygen_core.video.io import AudioClip, probe_video, read_audio, read_frames, write_video
+from joygen_core.weights import ModelStore
+
+
+@pytest.fixture(scope="module")
+def models(models_dir):
+    return load_models(ModelStore(models_dir), "cpu", blend="landmarks")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, face_frames, speech_wav):
+    """A 16-frame real face clip at 25 fps (with audio), and a short sentence to drive it."""
+    from conftest import synth_speech
+
+    d = tmp_path_factory.mktemp("pipeline")
+    write_video(d / "face.mp4", iter([face_frames[:16]]), fps=25.0, audio=read_audio(speech_wav))
+    synth_speech(d / "short.wav", "Hi there.")
+    return d
+
+
+def _opts(**kw) -> LipSyncOptions:
+    base = {"blend": "landmarks", "chunk_frames": 8, "batch_size": 4}
+    base.update(kw)
+    return LipSyncOptions(**base)
+
+
+def test_edited_video_has_the_audio_length_the_input_fps_and_size(models, clip_dir, tmp_path):
+    audio = read_audio(clip_dir / "short.wav")
+    out = tmp_path / "out.mp4"
+    report = lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", out, models, _opts(),
+                      cache_root=tmp_path / "cache")
+    src, res = probe_video(clip_dir / "face.mp4"), probe_video(out)
+    assert res.fps == src.fps == 25
+    assert (res.width, res.height) == (src.width, src.height)
+    assert res.frame_count == round(audio.duration * 25) == report.frames
+    assert res.frame_count > src.frame_count  # ping-pong filled the longer audio
+    assert res.has_audio and abs(read_audio(out).duration - audio.duration) < 0.05
+    assert report.frames_with_face == report.frames  # the random regressor finds the face in every frame
+    edited, original = read_frames(out)[:16].astype(int), read_frames(clip_dir / "face.mp4").astype(int)
+    from joygen_core.edit.mask import regenerated_region
+
+    track = VideoCache(next((tmp_path / "cache").iterdir())).track()
+    region = regenerated_region(track.box, track.detected, track.frame_size).bool().numpy()
+    diff = np.abs(edited - original).mean(-1)
+    assert diff[~region].mean() < 2.5  # untouched apart from one more H.264 generation
+    assert diff[region].mean() > 4 * diff[~region].mean()  # the mouths were redrawn
+
+
+def test_new_audio_reuses_the_video_cache(models, clip_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", tmp_path / "a.mp4", models,
+                     _opts(use_depth=False), cache_root=cache)
+    entries = list(cache.iterdir())
+    assert not first.cache_hit and len(entries) == 1 and VideoCache(entries[0]).complete()
+    stamps = {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()}
+    clip = read_audio(clip_dir / "face.mp4")  # other audio: the clip's own sentence, trimmed
+    other = AudioClip(clip.waveform[:, : clip.sample_rate // 2], clip.sample_rate)
+    second = lip_sync(clip_dir / "face.mp4", other, tmp_path / "b.mp4", models, _opts(use_depth=False),
+                      cache_root=cache)
+    assert second.cache_hit and second.frames == 12  # 0.5 s at 25 fps: shorter than the video, trimmed
+    assert {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()} == stamps
+    assert json.loads((entries[0] / "meta.json").read_text())["frames"] == 16
+    # a setting that shapes the per-video work gives another entry
+    lip_sync(clip_dir / "face.mp4", other, tmp_path / "c.mp4", models, _opts(use_depth=False, blend="box"),
+             cache_root=cache)
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_video_without_a_face_passes_through(models, clip_dir, tmp_path):
+    gray = np.full((6, 64, 80, 3), 128, np.uint8)
+    write_video(tmp_path / "noface.mp4", iter([gray]), fps=Fraction(30000, 1001))
+    out = tmp_path / "out.mp4"
+    report = lip_sync(tmp_path / "noface.mp4", clip_dir / "short.wav", out, models, _opts(use_depth=False),
+                      cache_root=tmp_path / "cache")
+    assert report.frames_with_face == 0
+    info = probe_video(out)
+    assert info.fps == Fraction(30000, 1001) and info.has_audio
+    assert np.abs(read_frames(out).astype(int) - 128).max() <= 2
+
+
+def test_interrupted_run_leaves_no_output_and_no_trusted_cache(models, clip_dir, tmp_path):
+    out = tmp_path / "out.mp4"
+
+    def stop_at(stage):
+        def progress(s, done, total):
+            if s == stage:
+                raise KeyboardInterrupt
+
+        return progress
+
+    for stage in ("video", "edit"):
+        with pytest.raises(KeyboardInterrupt):
+            lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", out, models, _opts(use_depth=False),
+                     cache_root=tmp_path / "cache", progress=stop_at(stage))
+        assert not out.exists()
+        assert [p for p in tmp_path.iterdir() if p.suffix == ".mp4"] == []
+        assert not any(VideoCache(p).complete() for p in (tmp_path / "cache").iterdir()) or stage == "edit"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if "partial" in p.name] == []
+
+
+def test_existing_output_is_never_overwritten(models, clip_dir, tmp_path):
+    from joygen_core.errors import MediaError
+
+    out = tmp_path / "mine.mp4"
+    out.write_bytes(b"precious")
+    with pytest.raises(MediaError, match="already exists"):
+        lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", out, models, _opts())
+    assert out.read_bytes() == b"precious"
+
+
+def test_fixed_reference_frame_without_a_face_is_a_clear_error(models, tmp_path, clip_dir):
+    from joygen_core.errors import JoyGenError
+
+    gray = np.full((4, 64, 64, 3), 90, np.uint8)
+    write_video(tmp_path / "gray.mp4", iter([gray]), fps=25)
+    with pytest.raises(JoyGenError, match="Reference frame 2 has no face"):
+        lip_sync(tmp_path / "gray.mp4", clip_dir / "short.wav", tmp_path / "o.mp4", models,
+                 _opts(reference_frame=2, use_depth=False), cache_root=tmp_path / "cache")
+
+
+def test_runs_split_pingpong_indices_into_contiguous_reads():
+    idx = torch.tensor([3, 4, 5, 5, 4, 3, 2, 2, 3])
+    assert list(_runs(idx)) == [(0, 3, 6, False), (3, 2, 6, True), (7, 2, 4, False)]
+
+
+def test_cli_edit_writes_the_video(models_dir, clip_dir, tmp_path):
+    out = tmp_path / "cli.mp4"
+    proc = subprocess.run(
+        ["python3", "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
+         str(clip_dir / "short.wav"), "--out", str(out), "--models", str(models_dir), "--blend", "landmarks",
+         "--audio-only", "--cache", str(tmp_path / "cache"), "--chunk-frames", "8"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and probe_video(out).has_audio
+    assert "with a face" in proc.stdout
+
+
+def test_cli_missing_models_is_one_clear_error(clip_dir, tmp_path):
+    proc = subprocess.run(
+        ["python3", "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
+         str(clip_dir / "short.wav"), "--out", str(tmp_path / "x.mp4"), "--models", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert proc.returncode == 2
+    assert "model folder does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_60_fps_odd_sized_video(models, face_frames, tmp_path):
+    frames = np.ascontiguousarray(face_frames[:10, :349, :347])
+    write_video(tmp_path / "odd.mp4", iter([frames]), fps=60)
+    src = probe_video(tmp_path / "odd.mp4")
+    speech = AudioClip(torch.zeros(1, 16000 // 5), 16000)  # 0.2 s of silence: 12 frames at 60 fps
+    report = lip_sync(tmp_path / "odd.mp4", speech, tmp_path / "out.mp4", models, _opts(),
+                      cache_root=tmp_path / "cache")
+    res = probe_video(tmp_path / "out.mp4")
+    assert res.fps == 60 and report.frames == res.frame_count == 12
+    assert (res.width, res.height) == (src.width, src.height)  # the source was padded to even already
