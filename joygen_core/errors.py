@@ -17,3 +17,7 @@ class UnsafePathError(JoyGenError):
 
 class MediaError(JoyGenError):
     """A video or audio input cannot be read, or holds no usable frames / samples."""
+
+
+class InputError(JoyGenError, ValueError):
+    """Inputs that do not fit together (lengths, missing connections, a frame without a face asked for)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..joygen_core.errors import InputError
 from ..joygen_core.render.raster import BACKENDS
 from .comfy import Progress, torch_device
 
@@ -41,12 +42,12 @@ class JoyGenRenderDepth:
 
         bfm = getattr(recon_models, "bfm", None)
         if bfm is None:
-            raise ValueError("recon_models has no BFM face model: connect the output of JoyGen Load 3DMM Models")
+            raise InputError("recon_models has no BFM face model: connect the output of JoyGen Load 3DMM Models")
         exp = None
         if motion is not None:
             exp = motion.exp
             if exp.shape[0] != len(face_track):
-                raise ValueError(f"The motion has {exp.shape[0]} frames but the face track has {len(face_track)}: "
+                raise InputError(f"The motion has {exp.shape[0]} frames but the face track has {len(face_track)}: "
                                  "fit them to the same length first (JoyGen Fit Length on the frames and track, "
                                  "with the audio as target)")
         device = torch_device("auto")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..joygen_core.errors import InputError
 from .comfy import (
     Progress,
     cache_dir,
@@ -142,7 +143,7 @@ class JoyGenMouthMask:
             from ..joygen_core.face.lips import lip_masks
 
             if images is None:
-                raise ValueError("mode mediapipe lips needs the images")
+                raise InputError("mode mediapipe lips needs the images")
             lips, found = lip_masks(image_to_uint8(images), face_track.box, det)
             return (torch.where(found[:, None, None], lips * region, region),)
         H, W = face_track.frame_size
@@ -152,7 +153,7 @@ class JoyGenMouthMask:
             return (out,)
         if mode == "parsing":
             if images is None or face_parser is None:
-                raise ValueError("mode parsing needs the images and a face parser (JoyGen Load Face Parser)")
+                raise InputError("mode parsing needs the images and a face parser (JoyGen Load Face Parser)")
             frames = image_to_uint8(images)[idx]
         else:
             frames = torch.zeros(idx.numel(), H, W, 3, dtype=torch.uint8)
@@ -206,7 +207,7 @@ class JoyGenEdit:
         from ..joygen_core.video.convert import image_to_uint8, uint8_to_image
 
         if not audio_only and mouth_depth is None:
-            raise ValueError("Connect mouth_depth (JoyGen Render Depth), or switch audio_only on.")
+            raise InputError("Connect mouth_depth (JoyGen Render Depth), or switch audio_only on.")
         frames = image_to_uint8(images)
         bar = Progress(max(int(face_track.detected.sum()), 1), desc="JoyGen edit")
         try:
@@ -281,7 +282,7 @@ class JoyGenLipSync:
         from ..joygen_core.video.convert import audio_from_comfy
 
         if blend == "parsing" and face_parser is None:
-            raise ValueError("blend = parsing needs a face parser (JoyGen Load Face Parser), or pick landmarks/box.")
+            raise InputError("blend = parsing needs a face parser (JoyGen Load Face Parser), or pick landmarks/box.")
         options = LipSyncOptions(length_mode=length_mode, use_depth=audio2motion is not None, blend=blend,
                                  reference_frame=int(reference_frame), face_policy=face_policy, seed=int(seed),
                                  temperature=float(temperature), mouth_amp=float(mouth_amp),

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .models import EditModels
 
 FACE_SIZE = 256
@@ -118,7 +119,7 @@ def edit_faces(models: EditModels, masked: torch.Tensor, reference: torch.Tensor
     """
     n = masked.shape[0]
     if audio.shape[0] != n or reference.shape[0] != n:
-        raise ValueError(f"edit_faces: {n} masked latents, {reference.shape[0]} reference latents and "
+        raise InputError(f"edit_faces: {n} masked latents, {reference.shape[0]} reference latents and "
                          f"{audio.shape[0]} audio feature rows must match")
     faces = []
     for i in range(0, n, batch_size):
@@ -153,7 +154,7 @@ def depth_latents(models: EditModels, mouth_depth: torch.Tensor, batch_size: int
     if d.dtype != torch.uint8:
         d = (d.float().clamp(0, 1) * 255).round().to(torch.uint8)
     if d.shape[-2:] != (FACE_SIZE, FACE_SIZE):
-        raise ValueError(f"mouth depth must be {FACE_SIZE}x{FACE_SIZE} (JoyGen Render Depth output); got "
+        raise InputError(f"mouth depth must be {FACE_SIZE}x{FACE_SIZE} (JoyGen Render Depth output); got "
                          f"{tuple(d.shape[-2:])}")
     return encode(models, to_vae_input(d), batch_size)
 
@@ -169,19 +170,19 @@ def blend_masks_for(frames: torch.Tensor, boxes: torch.Tensor, lm68: torch.Tenso
         from .blend import blend_masks
 
         if parser is None:
-            raise ValueError("blend mode 'parsing' needs the BiSeNet face parser (face-parse-bisent/79999_iter.pth)")
+            raise InputError("blend mode 'parsing' needs the BiSeNet face parser (face-parse-bisent/79999_iter.pth)")
         return blend_masks(parser, frames, boxes)
     if mode == "landmarks":
         from .blend import landmark_mask
 
         if lm68 is None:
-            raise ValueError("blend mode 'landmarks' needs the face track's 68 landmarks")
+            raise InputError("blend mode 'landmarks' needs the face track's 68 landmarks")
         return landmark_mask(lm68, boxes, tuple(frames.shape[1:3]))
     if mode == "box":
         from .mask import regenerated_region
 
         return regenerated_region(boxes, torch.ones(len(boxes), dtype=torch.bool), tuple(frames.shape[1:3]))
-    raise ValueError(f"Unknown blend mode {mode!r}; choose one of {', '.join(BLEND_MODES)}")
+    raise InputError(f"Unknown blend mode {mode!r}; choose one of {', '.join(BLEND_MODES)}")
 
 
 def edit_chunk(models: EditModels, frames: torch.Tensor, boxes: torch.Tensor, masked: torch.Tensor,
@@ -207,10 +208,10 @@ def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features:
     """
     T = frames.shape[0]
     if len(track) != T or audio_features.shape[0] != T:
-        raise ValueError(f"{T} frames, a face track of {len(track)} and audio features for "
+        raise InputError(f"{T} frames, a face track of {len(track)} and audio features for "
                          f"{audio_features.shape[0]} frames: fit them to the same length first (JoyGen Fit Length)")
     if mouth_depth is not None and mouth_depth.shape[0] != T:
-        raise ValueError(f"{T} frames but {mouth_depth.shape[0]} mouth depth maps")
+        raise InputError(f"{T} frames but {mouth_depth.shape[0]} mouth depth maps")
     out = frames.clone()
     todo = track.detected.nonzero().squeeze(1)
     if todo.numel() == 0:
@@ -218,7 +219,7 @@ def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features:
     ref_lat = None
     if reference_frame >= 0:
         if not 0 <= reference_frame < T or not bool(track.detected[reference_frame]):
-            raise ValueError(f"reference frame {reference_frame} has no face (or is out of range)")
+            raise InputError(f"reference frame {reference_frame} has no face (or is out of range)")
         crop = face_crops(frames[reference_frame:reference_frame + 1], track.box[reference_frame:reference_frame + 1])
         ref_lat = encode(models, to_vae_input(crop))
     black = black_depth_latent(models) if mouth_depth is None else None

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .raster import RENDER_SIZE, rasterize_depth
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,13 @@ def render_mouth_depth(track, exp: torch.Tensor | None, bfm, backend: str = "aut
     H, W = track.frame_size
     exp_all = track.coeff("exp") if exp is None else torch.as_tensor(exp)
     if exp_all.shape != (T, 64):
-        raise ValueError(f"expression coefficients must be [{T},64] to match the face track, got "
+        raise InputError(f"expression coefficients must be [{T},64] to match the face track, got "
                          f"{tuple(exp_all.shape)}; fit the lengths first (JoyGen Fit Length)")
     if getattr(bfm, "mp468", None) is None:
-        raise ValueError("the BFM was loaded without index_mp468_from_mesh35709.npy: the mouth polygon needs it")
+        raise InputError("the BFM was loaded without index_mp468_from_mesh35709.npy: the mouth polygon needs it")
     lip_idx = torch.tensor(MOUTH_OUTER_LIP)
     if bool((bfm.mp468[lip_idx] < 0).any()):
-        raise ValueError("index_mp468_from_mesh35709.npy has no vertex for some outer-lip points")
+        raise InputError("index_mp468_from_mesh35709.npy has no vertex for some outer-lip points")
     dev = torch.device(device) if device is not None else bfm.meanshape.device
     mouth = torch.zeros(T, MOUTH_SIZE, MOUTH_SIZE)
     face = torch.zeros(T, H, W) if preview else None
