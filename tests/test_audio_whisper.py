@@ -117,6 +117,18 @@ def test_features_layout_and_positional_encoding(encoder):
     assert torch.allclose(frame_features(states, 25.0, 50, add_encoding=False), raw, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra", [0, 170, 310])
+def test_short_clip_is_the_whole_log_mel_in_one_padded_window(encoder, extra):
+    # official (MuseTalk transcribe): every N//160 mel frame, an odd last one included, zero-padded to 3000
+    audio = speechlike(1.5)[: 16000 + extra]
+    mel = log_mel_spectrogram(audio)
+    assert mel.shape[1] == audio.shape[0] // 160
+    ref = encoder_states(encoder, torch.nn.functional.pad(mel, (0, 3000 - mel.shape[1]))[None])[0]
+    ours = whisper_hidden_states(encoder, audio)
+    assert ours.shape == (audio.shape[0] // 320, 5, 384)
+    assert torch.allclose(ours, ref[: ours.shape[0]], atol=1e-5)
+
+
 @pytest.mark.parametrize("fps, n", [(24.0, 48), (29.97, 60), (30.0, 61), (60.0, 120), (25.0, 200)])
 def test_output_length_is_the_requested_frame_count(encoder, fps, n):
     feats = whisper_features(encoder, speechlike(2.0), fps, n)

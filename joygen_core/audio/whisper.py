@@ -204,14 +204,17 @@ def whisper_hidden_states(encoder, audio16k: torch.Tensor, hop_seconds: float = 
     p = next(encoder.parameters())
     mel = log_mel_spectrogram(audio.to(p.device))
     rows = mel.shape[1] // 2
-    mel = mel[:, : 2 * rows]
     hop = max(2, int(round(hop_seconds * SAMPLE_RATE / HOP / 2)) * 2)
-    windows = plan_windows(mel.shape[1], WINDOW_MEL, min(hop, WINDOW_MEL), align=2)
-    weights = blend_weights(windows, mel.shape[1], scale=2)
+    windows = plan_windows(2 * rows, WINDOW_MEL, min(hop, WINDOW_MEL), align=2)
+    weights = blend_weights(windows, 2 * rows, scale=2)
     out = torch.zeros((rows, N_STATES, FEATURE_DIM), dtype=torch.float32)
     for i in range(0, len(windows), max(int(batch_size), 1)):
         chunk = windows[i: i + batch_size]
-        batch = torch.stack([torch.nn.functional.pad(mel[:, s:e], (0, WINDOW_MEL - (e - s))) for s, e in chunk])
+        # an odd trailing mel frame yields no row of its own but is part of the official input (it reaches the
+        # last row through the convs and every row through attention): keep it wherever the window has room
+        ends = [e + 1 if e == 2 * rows < mel.shape[1] and e - s < WINDOW_MEL else e for s, e in chunk]
+        batch = torch.stack([torch.nn.functional.pad(mel[:, s:e], (0, WINDOW_MEL - (e - s)))
+                             for (s, _), e in zip(chunk, ends)])
         states = encoder_states(encoder, batch).float().cpu()
         for j, (s, _e) in enumerate(chunk):
             w = weights[i + j]
