@@ -61,6 +61,12 @@ def test_config_selects_the_class(tmp_path):
     assert type(model) is VAEModel
     noflow = factory_audio.write_a2m(tmp_path, g, folder="noflow", flow=False)
     assert not hasattr(load_a2m(noflow).vae, "prior_flow")
+    # official inference builds the flow prior whatever use_flow says: the checkpoint's weights decide
+    flow = factory_audio.write_a2m(tmp_path, g, folder="flow", flow=True)
+    cfg = flow.with_name("config.yaml")
+    cfg.write_text(cfg.read_text().replace("use_flow: true", "use_flow: false"))
+    assert "use_flow: false" in cfg.read_text()
+    assert hasattr(load_a2m(flow).vae, "prior_flow")
 
 
 def test_wrong_checkpoints_are_named(models_dir, tmp_path):

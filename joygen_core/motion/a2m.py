@@ -348,7 +348,12 @@ def load_a2m(ckpt: Path | str, config_yaml: Path | str | None = None, device: to
     else:
         raise ModelFileError(f"{ckpt} has no state_dict['model'] (keys: {sorted(data)[:8]}); expected the official "
                              "Real3DPortrait audio2secc_vae checkpoint.")
-    model = build_a2m(hp)
+    # Official inference builds the flow prior whatever ``use_flow`` says; the weights decide here too.
+    has_flow = any(k.startswith("vae.prior_flow.") for k in state)
+    if bool(hp.get("use_flow", True)) != has_flow:
+        log.warning("%s: config.yaml says use_flow=%s but the checkpoint %s flow-prior weights; following the "
+                    "checkpoint", config_yaml, hp.get("use_flow", True), "has" if has_flow else "has no")
+    model = build_a2m(dict(hp, use_flow=has_flow))
     check_state_dict(state, model, ckpt, what=f"audio-to-motion {type(model).__name__} (config {config_yaml.name})")
     model.load_state_dict(state, strict=True)
     log.info("Loaded %s from %s", type(model).__name__, ckpt)
