@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .comfy import Progress, check_interrupt, choices, model_store, torch_device
+from .comfy import Progress, check_interrupt, choices, model_store, pick, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,6 @@ def _whisper_choices() -> list[str]:
     return choices(sorted(set(files) | set(folders)), NO_WHISPER)
 
 
-def _pick(names: list[str], preferred: str) -> str:
-    return preferred if preferred in names else names[0]
-
 
 def _frame_count(audio_clip, fps: float, frame_count: int) -> int:
     from ..joygen_core.video.length import frames_for_duration
@@ -57,7 +54,7 @@ class JoyGenLoadWhisper:
     def INPUT_TYPES(cls):
         names = _whisper_choices()
         return {"required": {
-            "model": (names, {"default": _pick(names, "whisper/tiny.pt"),
+            "model": (names, {"default": pick(names, "whisper/tiny.pt"),
                               "tooltip": "OpenAI-format whisper/tiny.pt (official bundle) or an HF openai/whisper-tiny "
                                          "folder, inside models/joygen."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where the encoder runs; auto = ComfyUI's device."}),
@@ -88,11 +85,11 @@ class JoyGenLoadAudio2Motion:
         ckpts = choices(store.list_files((".ckpt",), under="audio2motion"), NO_A2M)
         huberts = choices([f for f in store.list_folders() if "hubert" in f.lower()], NO_HUBERT)
         return {"required": {
-            "checkpoint": (ckpts, {"default": _pick(ckpts, "audio2motion/240210_real3dportrait_orig/audio2secc_vae/"
+            "checkpoint": (ckpts, {"default": pick(ckpts, "audio2motion/240210_real3dportrait_orig/audio2secc_vae/"
                                                            "model_ckpt_steps_400000.ckpt"),
                                    "tooltip": "Real3DPortrait audio2secc_vae checkpoint; its config.yaml must sit "
                                               "beside it."}),
-            "hubert": (huberts, {"default": _pick(huberts, "audio2motion/hubert"),
+            "hubert": (huberts, {"default": pick(huberts, "audio2motion/hubert"),
                                  "tooltip": "HF folder of facebook/hubert-large-ls960-ft (audio2motion/hubert)."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where HuBERT and the flow VAE run."}),
         }}

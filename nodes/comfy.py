@@ -62,6 +62,11 @@ def choices(names: list[str], placeholder: str) -> list[str]:
     return names if names else [placeholder]
 
 
+def pick(names: list[str], preferred: str) -> str:
+    """The drop-down default: the official file name when present, else the first choice."""
+    return preferred if preferred in names else names[0]
+
+
 def torch_device(name: str = "auto") -> torch.device:
     """'auto' -> ComfyUI's torch device, else CUDA / MPS / CPU; or an explicit device string."""
     if name and name != "auto":

@@ -11,6 +11,7 @@ from .comfy import (
     check_interrupt,
     choices,
     model_store,
+    pick,
     temp_dir,
     torch_device,
     video_from_file,
@@ -27,9 +28,6 @@ NO_PARSER = "(put face-parse-bisent/79999_iter.pth in models/joygen)"
 BLENDS = ["parsing", "landmarks", "box"]
 REFERENCES = ["same frame", "fixed frame"]
 
-
-def _pick(names: list[str], preferred: str) -> str:
-    return preferred if preferred in names else names[0]
 
 
 def _dtype(name: str, device):
@@ -51,10 +49,10 @@ class JoyGenLoadEditModels:
                         NO_UNET)
         vaes = choices([f for f in folders if "vae" in f.lower()], NO_VAE)
         return {"required": {
-            "unet": (unets, {"default": _pick(unets, "joygen"), "tooltip": "The JoyGen UNet folder (config.json + "
+            "unet": (unets, {"default": pick(unets, "joygen"), "tooltip": "The JoyGen UNet folder (config.json + "
                              "diffusion_pytorch_model.safetensors; 12 input channels), or a checkpoint's unet/ "
                              "folder from `python -m train fit`."}),
-            "vae": (vaes, {"default": _pick(vaes, "sd-vae-ft-mse"), "tooltip": "The stabilityai/sd-vae-ft-mse "
+            "vae": (vaes, {"default": pick(vaes, "sd-vae-ft-mse"), "tooltip": "The stabilityai/sd-vae-ft-mse "
                            "folder."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where the VAE and UNet run; auto = ComfyUI's "
                                  "device."}),
@@ -84,7 +82,7 @@ class JoyGenLoadFaceParser:
         files = choices(model_store().list_files((".pth",), under="face-parse-bisent"), NO_PARSER)
         files = [f for f in files if "resnet18" not in f] or files
         return {"required": {
-            "model": (files, {"default": _pick(files, "face-parse-bisent/79999_iter.pth"),
+            "model": (files, {"default": pick(files, "face-parse-bisent/79999_iter.pth"),
                               "tooltip": "face-parse-bisent/79999_iter.pth from the official bundle."}),
             "device": (DEVICES, {"default": "auto", "tooltip": "Where parsing runs."}),
         }}

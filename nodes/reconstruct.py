@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from .comfy import Progress, cache_dir, check_interrupt, choices, model_store, torch_device
+from .comfy import Progress, cache_dir, check_interrupt, choices, model_store, pick, torch_device
 
 BFM_PLACEHOLDER = "(put BFM/BFM_model_front.mat in models/joygen)"
 REGRESSOR_PLACEHOLDER = "(put face_recon_feat0.2_augment/epoch_20.pth in models/joygen)"
 DTYPES = ("float32", "float16", "bfloat16")
 MP468_NAME = "index_mp468_from_mesh35709.npy"
 
-
-def _pick(names: list[str], preferred: str) -> str:
-    return preferred if preferred in names else names[0]
 
 
 class JoyGenLoad3DMMModels:
@@ -28,11 +25,11 @@ class JoyGenLoad3DMMModels:
                              REGRESSOR_PLACEHOLDER)
         return {
             "required": {
-                "bfm": (bfm, {"default": _pick(bfm, "BFM/BFM_model_front.mat"), "tooltip": "BFM/BFM_model_front.mat "
+                "bfm": (bfm, {"default": pick(bfm, "BFM/BFM_model_front.mat"), "tooltip": "BFM/BFM_model_front.mat "
                         "from the official bundle (or BFM/01_MorphableModel.mat with the BFM09 sources beside it: "
                         "the front model is then built once into the temp folder). "
                         "index_mp468_from_mesh35709.npy beside it is loaded too."}),
-                "regressor": (regressors, {"default": _pick(regressors, "face_recon_feat0.2_augment/epoch_20.pth"),
+                "regressor": (regressors, {"default": pick(regressors, "face_recon_feat0.2_augment/epoch_20.pth"),
                                            "tooltip": "Deep3DFaceRecon checkpoint: "
                                                       "face_recon_feat0.2_augment/epoch_20.pth."}),
                 "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto", "tooltip": "Where detection and "
