@@ -564,6 +564,9 @@ def _fit(accelerator, cfg: Config, output_dir: Path, dataset, val_dataset, resum
     accelerator.wait_for_everyone()
     ckpt = resolve_resume(resume, output_dir)
     state = read_state(ckpt) if ckpt is not None else None
+    if ckpt is None and list_checkpoints(output_dir) and accelerator.is_main_process:
+        log.warning("%s already holds checkpoints; starting again from step 0 and replacing them as this run "
+                    "reaches their steps (use --resume latest to continue instead)", checkpoint_dir(output_dir))
 
     if dataset is None:
         from .dataset import build_dataset
