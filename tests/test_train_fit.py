@@ -230,11 +230,12 @@ def test_sampler_resumes_and_shards():
     first = [next(it) for _ in range(12)]  # crosses two epoch boundaries (5 batches per epoch)
     it = iter(ResumableBatchSampler(10, 2, seed=3, start=7))
     assert [next(it) for _ in range(5)] == first[7:]
-    assert sorted(i for b in first[:5] for i, _ in b) == list(range(10))  # one epoch = every sample once
+    assert sorted(i for b in first[:5] for i, _, _ in b) == list(range(10))  # one epoch = every sample once
+    assert {e for b in first for _, e, _ in b} == {0, 1, 2}
     assert first[:5] != first[5:10]  # a new order each epoch
     ranks = [iter(ResumableBatchSampler(10, 2, seed=3, rank=r, world_size=2)) for r in range(2)]
     shards = [[next(r) for _ in range(2)] for r in ranks]  # 2 global batches per epoch
-    idx = sorted(i for s in shards for b in s for i, _ in b)
+    idx = sorted(i for s in shards for b in s for i, _, _ in b)
     assert idx == sorted(set(idx)) and len(idx) == 8
     with pytest.raises(ConfigError, match="fewer than one global batch"):
         ResumableBatchSampler(3, 2, seed=0, world_size=2)

@@ -2,9 +2,9 @@
 
 A config file has the sections below (all optional but ``model`` and ``data``); an unknown key anywhere, or a
 value of the wrong kind, stops the run before anything is built, with the section, the key and the valid
-choices in the message. Relative paths in ``model`` and ``output`` are taken relative to the config file;
-paths given on the command line (``--set``, ``--vae`` ...) relative to the working directory. The ``data``
-section is handed to ``train.dataset.build_dataset`` as a plain dict (that module checks its own keys).
+choices in the message. Relative paths in ``model``, ``output`` and ``data.root`` are taken relative to the
+config file; paths given on the command line (``--set``, ``--vae`` ...) relative to the working directory.
+The ``data`` section is handed to ``train.dataset.build_dataset`` as a plain dict (that module checks its keys).
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ _SECTION_CLASSES = {"model": ModelConfig, "optim": OptimConfig, "schedule": Sche
                     "train": TrainConfig, "output": OutputConfig, "validation": ValidationConfig}
 PATH_KEYS = {("model", "unet"), ("model", "unet_config"), ("model", "vae"), ("model", "vae_config"),
              ("output", "dir")}
+# Resolved by load_config like the keys above (relative to the file / the working directory); not checked here.
+DATA_PATH_KEYS = {("data", "root")}
 CHOICES = {("model", "init"): ("scratch", "joygen", "musetalk"), ("optim", "name"): ("adam", "adamw"),
            ("schedule", "name"): ("constant", "cosine"), ("loss", "preset"): ("paper", "code", None),
            ("loss", "pixel_region"): ("full", "lower_half", None),
@@ -274,13 +276,13 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"training config {path} must be a mapping of sections; got {type(raw).__name__}")
     base = path.parent.resolve()
     # Paths in the file are relative to the file; make them absolute before command-line values join in.
-    for section, key in PATH_KEYS:
+    for section, key in PATH_KEYS | DATA_PATH_KEYS:
         values = raw.get(section)
         if isinstance(values, dict) and isinstance(values.get(key), str):
             values[key] = str((base / Path(values[key]).expanduser()).resolve())
     for text in overrides or []:
         keys, value = parse_override(text)
-        if tuple(keys) in PATH_KEYS and isinstance(value, str):
+        if tuple(keys) in PATH_KEYS | DATA_PATH_KEYS and isinstance(value, str):
             value = str(Path(value).expanduser().resolve())
         node = raw
         for k in keys[:-1]:

@@ -92,7 +92,7 @@ class ResumableBatchSampler:
     """Endless seeded batches: each epoch a fresh permutation, cut into global batches of ``batch_size x world``.
 
     Process ``rank`` takes its slice of every global batch; the sampler starts at global batch ``start`` so a
-    resumed run reads exactly what the uninterrupted one would have. Yields ``[(index, sample_seed), ...]``.
+    resumed run reads exactly what the uninterrupted one would have. Yields ``[(index, epoch, sample_seed), ...]``.
     The incomplete last global batch of an epoch is dropped (official: ``drop_last=True``).
     """
 
@@ -108,12 +108,6 @@ class ResumableBatchSampler:
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
 
-    def batch(self, b: int) -> list[tuple[int, int]]:
-        epoch, pos = divmod(b, self.per_epoch)
-        order = self.order(epoch)
-        lo = (pos * self.world_size + self.rank) * self.batch_size
-        return [(int(order[lo + j]), sample_seed(self.seed, epoch, lo + j)) for j in range(self.batch_size)]
-
     def __iter__(self):
         b = self.start
         epoch, order = None, None
@@ -122,7 +116,7 @@ class ResumableBatchSampler:
             if e != epoch:
                 epoch, order = e, self.order(e)
             lo = (pos * self.world_size + self.rank) * self.batch_size
-            yield [(int(order[lo + j]), sample_seed(self.seed, e, lo + j)) for j in range(self.batch_size)]
+            yield [(int(order[lo + j]), e, sample_seed(self.seed, e, lo + j)) for j in range(self.batch_size)]
             b += 1
 
 
@@ -130,7 +124,8 @@ class SeededSamples(torch.utils.data.Dataset):
     """Reads ``dataset[index]`` with python/numpy/torch RNGs seeded for that sample, then restores them.
 
     So augmentations (depth displacement and drop, crops, jitter) repeat whatever the worker count or a
-    resume, and reading samples in the main process leaves the training RNG stream untouched.
+    resume, and reading samples in the main process leaves the training RNG stream untouched. A dataset with
+    its own seeded draws and ``set_epoch`` (train/dataset.py) is told the sample's epoch, in whichever worker.
     """
 
     def __init__(self, dataset):
@@ -139,8 +134,10 @@ class SeededSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, epoch, seed = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
             random.seed(seed)
@@ -612,10 +609,12 @@ def _fit(accelerator, cfg: Config, output_dir: Path, dataset, val_dataset, resum
         pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.train.seed))  # its base-seed draw leaves the global RNG alone
     val_batch = None
-    if val_dataset is not None and cfg.validation.every > 0 and cfg.validation.samples > 0:
+    if val_dataset is not None and len(val_dataset) == 0:
+        log.warning("the validation split '%s' is empty: no validation images", cfg.validation.split)
+    elif val_dataset is not None and cfg.validation.every > 0 and cfg.validation.samples > 0:
         n = min(cfg.validation.samples, len(val_dataset))
         vs = SeededSamples(val_dataset)
-        val_batch = _collate([vs[(i, sample_seed(cfg.train.seed, VALIDATION_STREAM, i))] for i in range(n)])
+        val_batch = _collate([vs[(i, 0, sample_seed(cfg.train.seed, VALIDATION_STREAM, i))] for i in range(n)])
         val_batch = {k: v.to(accelerator.device) for k, v in val_batch.items()}
 
     if cfg.output.tensorboard:
