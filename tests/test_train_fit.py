@@ -26,7 +26,8 @@ from train.fit import (
 
 SIZE = 64
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
-SMALL_UNET = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1}
+SMALL_UNET = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "norm_num_groups": 8}
+ACCUM = {"batch_size": 1, "grad_accum": 2}  # 4 steps = 8 micro-batches = 2 epochs of 4 samples
 
 
 class SyntheticClips(torch.utils.data.Dataset):
@@ -81,7 +82,7 @@ def make_config(models: Path, out: Path, **sections):
 @pytest.fixture(scope="module")
 def uninterrupted(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("run_full")
-    cfg = make_config(models, out, output={"tensorboard": True}, validation={"every": 4, "samples": 2})
+    cfg = make_config(models, out, train=ACCUM, output={"tensorboard": True}, validation={"every": 4, "samples": 2})
     return fit(cfg, SyntheticClips(), SyntheticClips(2, seed=5))
 
 
@@ -102,7 +103,7 @@ def test_overfit_loss_falls(models, tmp_path):
 def test_resume_matches_uninterrupted(models, uninterrupted, tmp_path):
     full = uninterrupted.losses
     assert len(full) == 4 and all(torch.isfinite(torch.tensor(full)))
-    cfg = make_config(models, tmp_path)
+    cfg = make_config(models, tmp_path, train=ACCUM)  # no validation / TensorBoard: they must not change training
     killed = fit(cfg, SyntheticClips(), stop_at=2)  # "killed" after step 2's checkpoint
     assert killed.step == 2 and killed.losses == full[:2]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000002"]
@@ -257,3 +258,20 @@ def test_cli_runs_the_tiny_config(models, tmp_path, monkeypatch, capsys):
     assert find_latest(tmp_path / "run").name == "step_000003"
     assert main(["fit", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--set", "optim.lrr=1"]) == 2
     assert "unknown config key 'lrr'" in capsys.readouterr().err
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from joygen_core.weights import load_checkpoint
+    from train.fit import rng_state, set_rng_state
+
+    random.random(), np.random.rand(), torch.rand(1)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt"))  # weights_only load: tensors and plain values only
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
