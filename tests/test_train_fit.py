@@ -86,7 +86,6 @@ def uninterrupted(models, tmp_path_factory):
     return fit(cfg, SyntheticClips(), SyntheticClips(2, seed=5))
 
 
-@pytest.mark.slow  # 12 training steps
 def test_overfit_loss_falls(models, tmp_path):
     cfg = make_config(models, tmp_path, model={"init": "scratch", "unet": None,
                                                "unet_config": str(models / "small_unet.json")},

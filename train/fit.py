@@ -655,12 +655,13 @@ def _fit(accelerator, cfg: Config, output_dir: Path, dataset, val_dataset, resum
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             totals += torch.stack([loss.detach().float(), terms["latent"].float(), terms["pixel"].float()])
+        lr = float(optimizer.param_groups[0]["lr"])  # the lr this step used
         if not optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped this step; keep the schedule aligned
             scheduler.step()
         step += 1
         mean = accelerator.reduce(totals / accum, "mean") if accelerator.num_processes > 1 else totals / accum
         rec = {"step": step, "loss": float(mean[0]), "latent": float(mean[1]), "pixel": float(mean[2]),
-               "lr": float(scheduler.get_last_lr()[0])}
+               "lr": lr}
         result.records.append(rec)
         result.step = step
         if step % cfg.output.log_every == 0 or step == max_steps:
