@@ -51,15 +51,19 @@ def load_hubert(folder: Path | str, device: torch.device | str = "cpu", dtype: t
 
 @contextmanager
 def quiet_transformers():
-    """Silence transformers' own load report while loading (our loaders raise their own clear errors)."""
+    """Silence transformers' load report and progress bar while loading (our loaders raise clear errors)."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _do_normalize(folder: Path) -> bool:
