@@ -169,3 +169,20 @@ def test_60_fps_odd_sized_video(models, face_frames, tmp_path):
     res = probe_video(tmp_path / "out.mp4")
     assert res.fps == 60 and report.frames == res.frame_count == 12
     assert (res.width, res.height) == (src.width, src.height)  # the source was padded to even already
+
+
+def test_frame_reader_seeks_back_across_key_frames(tmp_path):
+    from joygen_core.video.io import FrameReader
+
+    n = 300  # x264 puts a key frame every 250: reading back from 280 to 260 must seek, not restart wrongly
+    frames = np.zeros((n, 32, 48, 3), np.uint8)
+    frames[..., 0] = (np.arange(n) % 256)[:, None, None]
+    frames[..., 1] = (np.arange(n) // 256 * 100)[:, None, None]
+    write_video(tmp_path / "long.mp4", iter([frames]), fps=Fraction(30000, 1001), crf=0)
+    ref = read_frames(tmp_path / "long.mp4")
+    with FrameReader(tmp_path / "long.mp4") as reader:
+        for start, stop in [(0, 40), (280, 300), (260, 280), (10, 20), (249, 252), (299, 400)]:
+            got = reader.read(start, stop)
+            assert np.array_equal(got, ref[start:stop]), (start, stop)
+        with pytest.raises(Exception, match="past its end"):
+            reader.read(400, 410)
