@@ -198,7 +198,7 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
 
     from .edit import editor
     from .face.track import FaceTrack
-    from .morphable.reconstruct import reconstruct
+    from .morphable.reconstruct import detect_all, reconstruct, smooth_detections
     from .video.io import iter_frames, probe_video
 
     info = probe_video(video)
@@ -207,13 +207,20 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
     tmp.mkdir(parents=True)
     try:
         recon, edit = models.recon, models.edit
+        # Faces of the whole video first (small), so tracking and smoothing see across chunk borders.
+        det = detect_all(iter_frames(video, chunk_size=options.chunk_frames), recon.detector, options.face_policy,
+                         batch_size=options.chunk_frames,
+                         progress=None if progress is None else (lambda d, t: progress("faces", d, info.frame_count)))
+        if options.smooth:
+            det = smooth_detections(det, float(info.fps))
         tracks, done = [], 0
         ref_lat = None
         for k, chunk in enumerate(iter_frames(video, chunk_size=options.chunk_frames)):
             frames = torch.from_numpy(chunk)
-            track = reconstruct(frames, recon.detector, recon.regressor, recon.bfm, batch_size=options.chunk_frames,
-                                policy=options.face_policy, smooth=options.smooth, fps=float(info.fps))
             n = frames.shape[0]
+            track = reconstruct(frames, recon.detector, recon.regressor, recon.bfm, batch_size=options.chunk_frames,
+                                policy=options.face_policy, smooth=options.smooth, fps=float(info.fps),
+                                detections=det.slice(done, done + n))
             masked = torch.zeros(n, 4, 32, 32)
             reference = torch.zeros(n, 4, 32, 32)
             masks = np.zeros((n, *frames.shape[1:3]), np.uint8)
@@ -318,7 +325,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
 
     ``audio`` may be an audio file, a video with sound, or a decoded ``AudioClip``. ``cache_root``: where
     per-video caches live (None: a temporary cache deleted afterwards). ``progress(stage, done, total)``, stage in
-    video / audio / edit. The output appears only when complete.
+    faces / video / audio / edit. The output appears only when complete.
     """
     import tempfile
 

@@ -186,3 +186,16 @@ def test_frame_reader_seeks_back_across_key_frames(tmp_path):
             assert np.array_equal(got, ref[start:stop]), (start, stop)
         with pytest.raises(Exception, match="past its end"):
             reader.read(400, 410)
+
+
+def test_smoothing_spans_chunk_borders(models, clip_dir, tmp_path):
+    from joygen_core.morphable.reconstruct import detect_all, smooth_detections
+
+    clip = read_audio(clip_dir / "face.mp4")
+    short = AudioClip(clip.waveform[:, : clip.sample_rate // 5], clip.sample_rate)
+    lip_sync(clip_dir / "face.mp4", short, tmp_path / "o.mp4", models, _opts(use_depth=False, smooth=True),
+             cache_root=tmp_path / "cache")
+    track = VideoCache(next((tmp_path / "cache").iterdir())).track()
+    whole = smooth_detections(detect_all(iter([read_frames(clip_dir / "face.mp4")]), models.recon.detector), 25.0)
+    assert len(track) == 16 and track.meta["smoothed"]
+    assert torch.allclose(track.det_box, whole.box, atol=1e-4)  # one smoothing over all 16 frames, not 2 x 8

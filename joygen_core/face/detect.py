@@ -35,6 +35,10 @@ class Detections:
     def __len__(self) -> int:
         return int(self.found.shape[0])
 
+    def slice(self, start: int, stop: int) -> Detections:
+        """Frames ``start .. stop-1``."""
+        return Detections(*(getattr(self, f)[start:stop] for f in ("box", "five", "score", "found", "count")))
+
     @classmethod
     def cat(cls, parts: list[Detections]) -> Detections:
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("box", "five", "score", "found", "count")))

@@ -81,14 +81,38 @@ def smooth_detections(det: Detections, fps: float = 25.0, **kw) -> Detections:
                       found=det.found, count=det.count)
 
 
+def detect_all(chunks, detector, policy: str = "largest", *, min_score: float = 0.0, batch_size: int = 64,
+               progress: Callable[[int, int], None] | None = None) -> Detections:
+    """One face per frame over a stream of uint8 frame chunks; ``policy='track'`` follows across chunks."""
+    parts, prev, done = [], None, 0
+    for chunk in chunks:
+        chunk = as_rgb_uint8(torch.as_tensor(chunk))
+        for i in range(0, chunk.shape[0], batch_size):
+            d = detect_faces(chunk[i:i + batch_size], detector, policy, previous=prev, min_score=min_score)
+            found = d.found.nonzero()
+            if len(found):
+                prev = d.box[found[-1, 0]]
+            parts.append(d)
+            done += len(d)
+            if progress is not None:
+                progress(done, done)
+    if not parts:
+        z = torch.zeros
+        return Detections(z(0, 4), z(0, 5, 2), z(0), z(0, dtype=torch.bool), z(0, dtype=torch.long))
+    return Detections.cat(parts)
+
+
 def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet, bfm: BFM, batch_size: int = 64,
                 *, policy: str = "largest", smooth: bool = False, fps: float | None = None,
-                min_score: float = 0.0, progress: Callable[[int, int], None] | None = None) -> FaceTrack:
+                min_score: float = 0.0, progress: Callable[[int, int], None] | None = None,
+                detections: Detections | None = None) -> FaceTrack:
     """Build the face track of uint8 frames [T,H,W,C] (C = 1, 3 or 4).
 
     Detection runs over all frames first (so ``policy='track'`` and ``smooth`` see the whole run), then
     alignment, regression and projection run ``batch_size`` frames at a time on the regressor's device.
-    Frames without a face are flagged (``detected == False``) with zeros elsewhere.
+    Frames without a face are flagged (``detected == False``) with zeros elsewhere. ``detections``: the
+    faces already found for these frames (a streamed caller detects and smooths the whole video first);
+    detection and smoothing are then skipped.
     """
     frames = as_rgb_uint8(frames)
     n, h, w, _ = frames.shape
@@ -98,18 +122,15 @@ def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet
     if n == 0:
         return track
     bs = max(1, int(batch_size))
-    parts, prev = [], None
-    for i in range(0, n, bs):
-        d = detect_faces(frames[i:i + bs], detector, policy, previous=prev, min_score=min_score)
-        found = d.found.nonzero()
-        if len(found):
-            prev = d.box[found[-1, 0]]
-        parts.append(d)
-        if progress is not None:
-            progress(min(i + bs, n), 2 * n)
-    det = Detections.cat(parts)
-    if smooth:
-        det = smooth_detections(det, fps or 25.0)
+    if detections is not None:
+        if len(detections) != n:
+            raise ValueError(f"{len(detections)} detections for {n} frames")
+        det = detections
+    else:
+        det = detect_all(iter([frames]), detector, policy, min_score=min_score, batch_size=bs,
+                         progress=None if progress is None else (lambda d, t: progress(d, 2 * n)))
+        if smooth:
+            det = smooth_detections(det, fps or 25.0)
     track.detected[:] = det.found
     track.det_box[:] = det.box
     track.det_score[:] = det.score
