@@ -36,6 +36,26 @@ from .weights import ModelStore
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "joygen.video_cache.v1"
+_LIBC: list = []
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS between chunks.
+
+    glibc keeps freed memory of mid-sized blocks (the per-chunk frames, masks and activations) in its
+    arenas; with every chunk's sizes a little different the heap fragments and RSS creeps up with the
+    video's length. ``malloc_trim`` returns it; elsewhere this is a no-op.
+    """
+    if not _LIBC:
+        import ctypes
+        import sys
+
+        try:
+            _LIBC.append(ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None)
+        except OSError:
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0].malloc_trim(0)
 
 
 @dataclass
@@ -235,6 +255,8 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
             np.savez_compressed(tmp / f"masks_{k:05d}.npz", masks=masks)
             tracks.append(track)
             done += n
+            del frames, masks
+            trim_heap()
             if progress is not None:
                 progress("video", done, info.frame_count)
         if not tracks:
@@ -414,6 +436,8 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
                     if progress is not None:
                         progress("edit", min(a + options.chunk_frames, n_out), n_out)
                     yield frames.numpy()
+                    del frames
+                    trim_heap()
 
         write_video(out, frames_out(), fps=info.fps, audio=clip, crf=options.crf, overwrite=overwrite)
         report.seconds["read frames"] = timing["read"]
