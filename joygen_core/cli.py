@@ -141,19 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_command(args: argparse.Namespace, logger: logging.Logger = log) -> int:
+    """Configure logging, run ``args.func``; a JoyGenError is one clear line and exit code 2 (shared by both CLIs)."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except JoyGenError as exc:
-        log.error("%s", exc)
+        logger.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        log.error("Interrupted; no partial output was left behind.")
+        logger.error("Interrupted; no partial output was left behind.")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

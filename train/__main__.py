@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from joygen_core.errors import JoyGenError
+from joygen_core.cli import run_command
 
 log = logging.getLogger("train")
 
@@ -41,17 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except JoyGenError as exc:
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.error("Interrupted.")
-        return 130
+    return run_command(build_parser().parse_args(argv), log)
 
 
 if __name__ == "__main__":
