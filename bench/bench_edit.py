@@ -2,6 +2,7 @@
 
     python bench/bench_edit.py unet      # frames/s of the edit stage with full-size random-weight models
     python bench/bench_edit.py stages    # per-stage seconds for a 10 s clip, cold and warm cache (small models)
+    python bench/bench_edit.py stages --seconds 2 --full-size   # the same with official-size VAE + UNet
     python bench/bench_edit.py memory --minutes 1 10 --height 720   # peak RSS of the streamed pipeline
 
 Full-size models use the official configs (UNet 12 -> 4 channels, [320,640,1280,1280]; sd-vae-ft-mse)
@@ -49,18 +50,24 @@ def _time(fn, repeat: int = 2) -> float:
     return (time.perf_counter() - t) / repeat
 
 
-def bench_unet(args) -> None:
+def _full_size_edit(device: torch.device, dtype: torch.dtype):
+    """EditModels with the official VAE / UNet configs and random weights (the real cost, no download)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from joygen_core.edit import editor
     from joygen_core.edit.models import EditModels
+
+    torch.manual_seed(0)
+    return EditModels(vae=AutoencoderKL.from_config(VAE_OFFICIAL).eval().to(device, dtype),
+                      unet=UNet2DConditionModel.from_config(UNET_OFFICIAL).eval().to(device, dtype),
+                      device=device, dtype=dtype)
+
+
+def bench_unet(args) -> None:
+    from joygen_core.edit import editor
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    models = EditModels(vae=AutoencoderKL.from_config(VAE_OFFICIAL).eval().to(device, dtype),
-                        unet=UNet2DConditionModel.from_config(UNET_OFFICIAL).eval().to(device, dtype),
-                        device=device, dtype=dtype)
+    models = _full_size_edit(device, dtype)
     rows = [("batch", "encode x3 (s/frame)", "UNet (s/frame)", "decode (s/frame)", "frames/s")]
     for b in args.batch:
         x = torch.rand(b, 3, 256, 256) * 2 - 1
@@ -111,7 +118,7 @@ def _sample(folder: Path, seconds: float, height: int | None = None) -> tuple[Pa
         for i in range(0, n, 250):
             yield frames[index[i:i + 250]]
 
-    write_video(video, chunks(), fps=25, audio=tiled, overwrite=True)
+    write_video(video, chunks(), fps=25, audio=tiled, overwrite=True, preset="veryfast")
     return video, video  # the clip's own track drives it: audio as long as the video
 
 
@@ -133,37 +140,72 @@ def bench_stages(args) -> None:
         tmp = Path(tmp)
         video, speech = _sample(tmp, args.seconds)
         models = _small_models(tmp, args.blend)
+        if args.full_size:
+            models.edit = _full_size_edit(torch.device("cpu"), torch.float32)
         opts = LipSyncOptions(blend=args.blend, chunk_frames=64)
         cold = lip_sync(video, speech, tmp / "cold.mp4", models, opts, cache_root=tmp / "cache")
         warm = lip_sync(video, speech, tmp / "warm.mp4", models, opts, cache_root=tmp / "cache")
     rows = [("stage", "cold (s)", "warm (s)")]
     for k in cold.seconds:
         rows.append((k, f"{cold.seconds[k]:.2f}", f"{warm.seconds.get(k, 0.0):.2f}"))
-    print(f"{args.seconds:g} s clip at 25 fps ({cold.frames} output frames), small factory models, CPU, "
-          f"blend {args.blend}")
+    kind = "full-size random-weight VAE + UNet, other models small" if args.full_size else "small factory models"
+    print(f"{args.seconds:g} s clip at 25 fps ({cold.frames} output frames), {kind}, CPU, blend {args.blend}")
     _table(rows)
     print(f"warm / cold total: {cold.seconds['total'] / warm.seconds['total']:.2f}x faster")
 
 
+class _StageSampler:
+    """Peak resident memory per pipeline stage (progress callback's stage), sampled from /proc on Linux."""
+
+    def __init__(self, every: float = 0.25):
+        import threading
+
+        self.stage, self.peaks, self.every = "load", {}, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page = 4096 / 2**20
+        while not self._stop.is_set():
+            try:
+                with open("/proc/self/statm") as f:
+                    mb = int(f.read().split()[1]) * page
+            except OSError:
+                return
+            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
+            self._stop.wait(self.every)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.stage = stage
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v) for k, v in self.peaks.items()}
+
+
 def _peak_run(args) -> None:
-    """Child process: one pipeline run; prints its peak RSS as JSON."""
+    """Child process: one pipeline run; prints its peak RSS (whole run and per stage) as JSON."""
     import resource
 
     from joygen_core.pipeline import LipSyncOptions, lip_sync
 
     tmp = Path(args.work)
+    sampler = _StageSampler()
     models = _small_models(tmp, "box")
     opts = LipSyncOptions(blend="box", use_depth=not args.audio_only, chunk_frames=64)
     t = time.perf_counter()
     report = lip_sync(Path(args.video), Path(args.speech), tmp / f"out_{Path(args.video).stem}.mp4", models, opts,
-                      cache_root=tmp / "cache", overwrite=True)
+                      cache_root=tmp / "cache", overwrite=True, progress=sampler.progress)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"frames": report.frames, "peak_mb": peak, "seconds": time.perf_counter() - t}))
+    print(json.dumps({"frames": report.frames, "peak_mb": peak, "seconds": time.perf_counter() - t,
+                      "stages": sampler.stop()}))
 
 
 def bench_memory(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [("video", "frames", "peak RSS (MB)", "seconds")]
+        rows = [("video", "frames", "peak RSS (MB)", "seconds", "peak by stage (MB)")]
         peaks = []
         for minutes in args.minutes:
             video, speech = _sample(Path(tmp), minutes * 60, args.height)
@@ -172,8 +214,10 @@ def bench_memory(args) -> None:
                 cmd.append("--audio-only")
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             peaks.append(res["peak_mb"])
+            stages = " ".join(f"{k} {v}" for k, v in res["stages"].items())
             rows.append((f"{minutes:g} min {args.height}p", str(res["frames"]), f"{res['peak_mb']:.0f}",
-                         f"{res['seconds']:.0f}"))
+                         f"{res['seconds']:.0f}", stages))
+            print("  ".join(rows[-1]), flush=True)
     _table(rows)
     print(f"peak ratio longest / shortest: {peaks[-1] / peaks[0]:.2f} (goal <= 1.2)")
 
@@ -190,6 +234,7 @@ def main() -> None:
     s = sub.add_parser("stages")
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--blend", default="parsing")
+    s.add_argument("--full-size", action="store_true", help="official-size editing models (random weights)")
     s.set_defaults(func=bench_stages)
     m = sub.add_parser("memory")
     m.add_argument("--minutes", type=float, nargs="+", default=[1, 10])

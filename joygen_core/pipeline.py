@@ -58,6 +58,13 @@ def trim_heap() -> None:
         _LIBC[0].malloc_trim(0)
 
 
+def _trimmed(chunks: Iterator) -> Iterator:
+    """``chunks`` with the heap trimmed after each one is used."""
+    for chunk in chunks:
+        yield chunk
+        trim_heap()
+
+
 @dataclass
 class LipSyncOptions:
     """Settings of one lip-sync run (defaults reproduce the official inference where it has one)."""
@@ -210,6 +217,20 @@ class VideoCache:
             self._loaded[k] = (lat["masked"].float(), lat["reference"].float(), masks)
         return self._loaded[k]
 
+    def gather(self, frames: torch.Tensor, chunk_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(masked, reference latents, uint8 blend masks) of source ``frames`` in their order, chunk by chunk."""
+        ks = torch.div(frames, chunk_len, rounding_mode="floor")
+        out = None
+        for k in ks.unique().tolist():
+            at = (ks == k).nonzero().squeeze(1)
+            parts = self.chunk(k)
+            off = frames[at] - k * chunk_len
+            if out is None:
+                out = [torch.empty((frames.numel(), *p.shape[1:]), dtype=p.dtype) for p in parts]
+            for o, p in zip(out, parts):
+                o[at] = p[off]
+        return tuple(out)
+
 
 def _build_cache(folder: Path, video: Path, models: PipelineModels, options: LipSyncOptions,
                  progress: Callable[[str, int, int], None] | None) -> None:
@@ -228,7 +249,8 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
     try:
         recon, edit = models.recon, models.edit
         # Faces of the whole video first (small), so tracking and smoothing see across chunk borders.
-        det = detect_all(iter_frames(video, chunk_size=options.chunk_frames), recon.detector, options.face_policy,
+        det = detect_all(_trimmed(iter_frames(video, chunk_size=options.chunk_frames)), recon.detector,
+                         options.face_policy,
                          batch_size=options.chunk_frames,
                          progress=None if progress is None else (lambda d, t: progress("faces", d, info.frame_count)))
         if options.smooth:
@@ -248,8 +270,10 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
             if idx.numel():
                 crops = editor.face_crops(frames[idx], track.box[idx])
                 masked[idx], reference[idx] = editor.reference_latents(edit, crops, options.batch_size)
-                m = editor.blend_masks_for(frames[idx], track.box[idx], track.lm68[idx], options.blend, models.parser)
-                masks[idx.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                for j in range(0, idx.numel(), options.batch_size):  # float frame-sized masks: a few at a time
+                    b = idx[j:j + options.batch_size]
+                    m = editor.blend_masks_for(frames[b], track.box[b], track.lm68[b], options.blend, models.parser)
+                    masks[b.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
             save_file({"masked": masked.half(), "reference": reference.half()},
                       str(tmp / f"latents_{k:05d}.safetensors"))
             np.savez_compressed(tmp / f"masks_{k:05d}.npz", masks=masks)
@@ -390,6 +414,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
 
         t1 = time.perf_counter()
         states, windows, exp = audio_conditioning(models, audio16k, fps, n_out, options, progress)
+        trim_heap()
         report.seconds["audio (whisper, motion)"] = time.perf_counter() - t1
 
         edit = models.edit
@@ -412,13 +437,9 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
                     sel = sub.detected.nonzero().squeeze(1)
                     report.frames_with_face += int(sel.numel())
                     if sel.numel():
-                        s_src = src[sel]
-                        lat = [cache.chunk(int(i) // chunk_len) for i in s_src]
-                        off = (s_src % chunk_len).tolist()
-                        masked = torch.stack([c[0][o] for c, o in zip(lat, off)])
-                        ref = (fixed_ref.expand(len(off), -1, -1, -1) if fixed_ref is not None
-                               else torch.stack([c[1][o] for c, o in zip(lat, off)]))
-                        masks = torch.stack([c[2][o] for c, o in zip(lat, off)]).float() / 255.0
+                        masked, ref, masks = cache.gather(src[sel], chunk_len)
+                        if fixed_ref is not None:
+                            ref = fixed_ref.expand(sel.numel(), -1, -1, -1)
                         ts = time.perf_counter()
                         if options.use_depth:
                             e = exp[a:a + options.chunk_frames][sel]

@@ -158,6 +158,8 @@ def test_partly_outside_frames_match_pil(face_frames):
         np.testing.assert_array_equal(np.round(masks[i].numpy() * 255), region_to_frame(ref_mask, region, (160, 200)))
         np.testing.assert_array_equal(out[i].numpy(), ref)
     assert masks[0].any() and masks[1].any() and not masks[3].any()
+    as_l = (masks * 255).round().to(torch.uint8)  # the pipeline's cached form: the 'L' values themselves
+    assert torch.equal(paste_faces(frames, faces, boxes, as_l), out)
     assert torch.equal(out[3], frames[3])
 
 

@@ -137,6 +137,25 @@ def test_runs_split_pingpong_indices_into_contiguous_reads():
     assert list(_runs(idx)) == [(0, 3, 6, False), (3, 2, 6, True), (7, 2, 4, False)]
 
 
+def test_cache_gathers_rows_across_chunks_in_the_asked_order(tmp_path):
+    """Ping-pong and repeated source frames cross chunk borders: every row must come from its own frame."""
+    from safetensors.torch import save_file
+
+    chunk, n = 4, 10
+    for k in range(0, n, chunk):
+        ids = torch.arange(k, min(k + chunk, n), dtype=torch.float32)
+        lat = ids[:, None, None, None].expand(-1, 4, 32, 32)
+        save_file({"masked": lat.half().contiguous(), "reference": (-lat).half().contiguous()},
+                  str(tmp_path / f"latents_{k // chunk:05d}.safetensors"))
+        np.savez_compressed(tmp_path / f"masks_{k // chunk:05d}.npz",
+                            masks=ids.to(torch.uint8)[:, None, None].expand(-1, 6, 5).numpy())
+    frames = torch.tensor([9, 8, 3, 4, 4, 0, 7, 1, 9])
+    masked, reference, masks = VideoCache(tmp_path).gather(frames, chunk)
+    assert masks.dtype == torch.uint8 and masks.shape == (9, 6, 5)
+    assert torch.equal(masked[:, 0, 0, 0], frames.float()) and torch.equal(reference[:, 1, 2, 3], -frames.float())
+    assert torch.equal(masks[:, 5, 4], frames.to(torch.uint8))
+
+
 def test_cli_edit_writes_the_video(models_dir, clip_dir, tmp_path):
     out = tmp_path / "cli.mp4"
     proc = subprocess.run(

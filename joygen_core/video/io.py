@@ -306,7 +306,7 @@ def write_video(
 
                     audio = AudioClip(resample(audio.waveform, a_rate, 48000), 48000)
                     a_rate = 48000
-                a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32))
+                a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32, copy=False))
                 if a_data.shape[0] > 2:
                     a_data = a_data.mean(axis=0, keepdims=True)
                 layout = "stereo" if a_data.shape[0] == 2 else "mono"
