@@ -75,6 +75,19 @@ def test_chunking_as_the_official(hubert):
     assert torch.allclose(feats[1000:], rest[:24], atol=1e-4)
 
 
+def test_batched_clips_keep_their_order(hubert):
+    # 3 full clips (2 in one batch, then 1) and a remainder: batching must not reorder or mix frames
+    audio = 0.1 * torch.randn(3 * CLIP + 4000, generator=torch.Generator().manual_seed(3))
+    batched = hubert_features(hubert, audio, batch_size=2)
+    single = hubert_features(hubert, audio, batch_size=1)
+    assert batched.shape == single.shape == (hubert_frames(audio.shape[0]), 1024)
+    assert torch.allclose(batched, single, atol=1e-4)
+    x = normalise_input(audio)
+    with torch.no_grad():
+        second = hubert(x[None, CLIP: 2 * CLIP + 80]).last_hidden_state[0]
+    assert torch.allclose(batched[1000:2000], second, atol=1e-4)
+
+
 def test_short_and_silent_audio(hubert):
     assert hubert_features(hubert, torch.zeros(300)).shape == (0, 1024)
     silent = hubert_features(hubert, torch.zeros(16000))

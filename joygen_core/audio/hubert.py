@@ -105,22 +105,26 @@ def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress
     n_full = n // CLIP
     clips = [x[i * CLIP: i * CLIP + CLIP - STRIDE + KERNEL] for i in range(n_full)]
     rest = x[n_full * CLIP:]
-    outs: list[torch.Tensor] = []
-    done = 0
     # full clips: equal length except possibly the last full one (which may be cut by the end of the audio)
     same = [c for c in clips if c.shape[0] == CLIP - STRIDE + KERNEL]
-    odd = [c for c in clips if c.shape[0] != CLIP - STRIDE + KERNEL]
+    odd = [c for c in clips if c.shape[0] != CLIP - STRIDE + KERNEL] + ([rest] if rest.shape[0] >= KERNEL else [])
+    total = sum((c.shape[0] - KERNEL) // STRIDE + 1 for c in same + odd)
+    feats = torch.empty((max(total, expected), dim))  # written in place: long audio holds one copy
+    pos = done = 0
     for i in range(0, len(same), max(int(batch_size), 1)):
         batch = torch.stack(same[i: i + batch_size]).to(device=p.device, dtype=p.dtype)
-        outs.extend(model(batch).last_hidden_state.float().cpu().unbind(0))
+        out = model(batch).last_hidden_state
+        feats[pos: pos + out.shape[0] * out.shape[1]] = out.reshape(-1, dim).float().cpu()
+        pos += out.shape[0] * out.shape[1]
         done += batch.shape[0]
         if progress is not None:
             progress(done, n_full + 1)
-    for c in odd + ([rest] if rest.shape[0] >= KERNEL else []):
-        outs.append(model(c[None].to(device=p.device, dtype=p.dtype)).last_hidden_state[0].float().cpu())
-    feats = torch.cat(outs, dim=0) if outs else torch.zeros((0, dim))
-    if feats.shape[0] < expected:  # cannot happen with the official chunking; hold the last frame to be safe
-        feats = torch.cat([feats, feats[-1:].expand(expected - feats.shape[0], -1)], dim=0)
+    for c in odd:
+        out = model(c[None].to(device=p.device, dtype=p.dtype)).last_hidden_state[0]
+        feats[pos: pos + out.shape[0]] = out.float().cpu()
+        pos += out.shape[0]
+    if pos < expected:  # cannot happen with the official chunking; hold the last frame to be safe
+        feats[pos:expected] = feats[pos - 1] if pos else 0.0
     return feats[:expected]
 
 
