@@ -10,8 +10,9 @@ Stages, in order (each lives in its own sub-package; this module only orchestrat
    (``render``), the UNet edit and the paste (``edit``), the frames streamed to one H.264 + AAC encode.
 
 The cache is keyed by the video's content, the settings that shape the per-video work and the identity of
-the model files, so driving the same video with new audio skips stage 1. Memory does not grow with the
-video's length: only one chunk of frames, latents and masks is held at a time.
+the model files, so driving the same video with new audio skips stage 1. Frames, latents and masks are
+held one chunk at a time; what still scales with the length is the audio (Whisper states, HuBERT / A2M
+over the whole clip) and, measured but not yet explained, part of a first (uncached) run's peak.
 """
 
 from __future__ import annotations
