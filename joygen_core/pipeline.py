@@ -318,7 +318,7 @@ def audio_conditioning(models: PipelineModels, audio16k: torch.Tensor, fps: floa
     from .audio.windows import frame_windows
     from .motion.a2m import audio_to_motion
 
-    states = whisper_hidden_states(models.whisper, audio16k).half().cpu()
+    states = whisper_hidden_states(models.whisper, audio16k, dtype=torch.float16)
     windows = frame_windows(n_out, fps, states.shape[0])
     if progress is not None:
         progress("audio", 1, 2)

@@ -94,6 +94,11 @@ def test_short_and_silent_audio(hubert):
     assert silent.shape == (49, 1024) and torch.isfinite(silent).all()
     assert pad_frames(silent).shape[0] == 56 and pad_frames(torch.zeros(0, 1024)).shape[0] == 8
     assert torch.equal(pad_frames(silent)[49:], torch.zeros(7, 1024))
+    # padded in place as A2M needs it: the same rows as pad_frames, zeros appended
+    assert torch.equal(hubert_features(hubert, torch.zeros(16000), pad_to=8), pad_frames(silent))
+    assert hubert_features(hubert, torch.zeros(300), pad_to=8).shape == (8, 1024)
+    audio = 0.1 * torch.randn(2 * CLIP + 4000, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(hubert_features(hubert, audio, pad_to=8), pad_frames(hubert_features(hubert, audio)))
 
 
 def test_pitch_of_a_tone_and_silence():

@@ -78,6 +78,26 @@ def test_log_mel_matches_transformers_feature_extractor():
     np.testing.assert_allclose(ours, ref, atol=2e-4)
 
 
+def test_log_mel_in_blocks_is_the_whole_clip_stft():
+    # the blocked STFT must give the frames of one centred STFT over the whole clip (no shift at a block edge)
+    audio = speechlike(7.3) + 0.01 * torch.randn(116800, generator=torch.Generator().manual_seed(4))
+    stft = torch.stft(audio, 400, 160, window=torch.hann_window(400), return_complex=True)
+    from joygen_core.audio.whisper import _mel_filters
+
+    mel = (_mel_filters() @ stft[:, :-1].abs() ** 2).clamp(min=1e-10).log10()
+    whole = (torch.maximum(mel, mel.max() - 8.0) + 4.0) / 4.0
+    for block in (7, 100, 6000):
+        ours = log_mel_spectrogram(audio, block=block)
+        assert ours.shape == whole.shape == (80, 730)
+        torch.testing.assert_close(ours, whole, atol=1e-5, rtol=0)
+
+
+def test_to_mono_16k_never_clips_the_callers_tensor():
+    loud = torch.tensor([0.5, 1.5, -2.0, 0.25])
+    out = to_mono_16k(loud, 16000)
+    assert out.tolist() == [0.5, 1.0, -1.0, 0.25] and loud.tolist() == [0.5, 1.5, -2.0, 0.25]
+
+
 def test_log_mel_silence_and_tiny_input():
     mel = log_mel_spectrogram(torch.zeros(16000))
     assert mel.shape == (80, 100) and torch.allclose(mel, torch.full_like(mel, -1.5))  # log10(1e-10)=-10 -> -1.5
@@ -169,6 +189,8 @@ def test_long_audio_has_no_seam_at_30_and_60_s(encoder):
     official = torch.cat(segs)
     assert jump_ratio(official, 1500) > 3.0
     # the first 30 s window of an exactly-30 s clip is the official result
+    # written out in half as rows complete: the float32 result rounded, not a different blend
+    assert torch.equal(whisper_hidden_states(encoder, audio, dtype=torch.float16), ours.half())
     first = whisper_hidden_states(encoder, audio[:480000])
     mel30 = log_mel_spectrogram(audio[:480000])
     assert torch.allclose(first, encoder_states(encoder, mel30[None])[0], atol=1e-5)

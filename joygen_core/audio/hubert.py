@@ -89,18 +89,21 @@ def normalise_input(audio16k: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress=None) -> torch.Tensor:
+def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress=None,
+                    pad_to: int = 1) -> torch.Tensor:
     """16 kHz mono [T] -> HuBERT ``last_hidden_state`` [(T-80)//320, 1024] float32 on the CPU.
 
     Chunked as the official code (so long audio fits in memory and features match the training data);
-    equal-length chunks are run as a batch.
+    equal-length chunks are run as a batch. ``pad_to`` > 1: zero rows appended up to a multiple of it, as
+    :func:`pad_frames` does, without a second copy.
     """
     p = next(model.parameters())
     n = int(audio16k.shape[0])
     expected = hubert_frames(n)
     dim = model.config.hidden_size
+    rows = expected + (-expected) % pad_to if expected or pad_to == 1 else pad_to
     if expected == 0:
-        return torch.zeros((0, dim))
+        return torch.zeros((rows, dim))
     x = normalise_input(audio16k) if getattr(model.config, "do_normalize", True) else audio16k.float()
     n_full = n // CLIP
     clips = [x[i * CLIP: i * CLIP + CLIP - STRIDE + KERNEL] for i in range(n_full)]
@@ -109,7 +112,7 @@ def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress
     same = [c for c in clips if c.shape[0] == CLIP - STRIDE + KERNEL]
     odd = [c for c in clips if c.shape[0] != CLIP - STRIDE + KERNEL] + ([rest] if rest.shape[0] >= KERNEL else [])
     total = sum((c.shape[0] - KERNEL) // STRIDE + 1 for c in same + odd)
-    feats = torch.empty((max(total, expected), dim))  # written in place: long audio holds one copy
+    feats = torch.empty((max(total, rows), dim))  # written in place: long audio holds one copy
     pos = done = 0
     for i in range(0, len(same), max(int(batch_size), 1)):
         batch = torch.stack(same[i: i + batch_size]).to(device=p.device, dtype=p.dtype)
@@ -125,7 +128,8 @@ def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress
         pos += out.shape[0]
     if pos < expected:  # cannot happen with the official chunking; hold the last frame to be safe
         feats[pos:expected] = feats[pos - 1] if pos else 0.0
-    return feats[:expected]
+    feats[expected:rows] = 0.0
+    return feats[:rows]
 
 
 def pad_frames(feats: torch.Tensor, multiple: int = 8) -> torch.Tensor:

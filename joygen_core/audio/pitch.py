@@ -30,13 +30,13 @@ def pitch_contour(audio16k: torch.Tensor) -> torch.Tensor:
     """16 kHz mono [N] -> pitch in Hz [mel_frames(N)] float32 (0 where unvoiced)."""
     import parselmouth
 
-    wav = audio16k.detach().cpu().to(torch.float64).numpy()
-    n = wav.shape[0]
+    n = int(audio16k.shape[0])
     target = mel_frames(n)
     if target == 0:
         return torch.zeros(0)
-    pad = (n // HOP + 1) * HOP - n  # official librosa_pad_lr(..., pad_sides=1)
-    wav = np.pad(wav, (0, pad))
+    wav = np.zeros((n // HOP + 1) * HOP)  # official librosa_pad_lr(..., pad_sides=1): zeros on the right
+    src = audio16k.detach().cpu()
+    wav[:n] = (src if src.dtype in (torch.float32, torch.float64) else src.float()).numpy()
     try:
         f0 = parselmouth.Sound(wav, SAMPLE_RATE).to_pitch_ac(
             time_step=HOP / SAMPLE_RATE, voicing_threshold=0.6, pitch_floor=80, pitch_ceiling=750

@@ -48,4 +48,4 @@ def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.
         log.warning("Audio holds %d NaN/inf samples; they are replaced by silence.", int(bad.sum()))
         wav = torch.where(bad, torch.zeros_like(wav), wav)
     out = resample(wav, int(sample_rate), TARGET_RATE)
-    return out.clamp_(-1.0, 1.0)
+    return out.clamp(-1.0, 1.0) if out is wav else out.clamp_(-1.0, 1.0)  # never clip the caller's tensor

@@ -1,7 +1,7 @@
 """Whisper-tiny audio features for the editing UNet (MuseTalk convention, as JoyGen uses it).
 
 - log-mel: OpenAI ``log_mel_spectrogram`` (400-point periodic Hann STFT, hop 160, power, Slaney mel 80 bins,
-  log10 clamped at 1e-10, floor at max-8 over the whole clip, (x+4)/4), computed once over the whole audio.
+  log10 clamped at 1e-10, floor at max-8 over the whole clip, (x+4)/4); the STFT runs in blocks of frames.
 - encoder: transformers' WhisperEncoder, loaded from the official OpenAI ``whisper/tiny.pt`` (keys mapped) or
   an HF ``openai/whisper-tiny`` folder. Five hidden states per 20 ms row: the embedding output and each block's
   output before the final layer norm -> [T50, 5, 384].
@@ -50,17 +50,26 @@ def _mel_filters(n_mels: int = N_MELS) -> torch.Tensor:
     return torch.from_numpy(fb.T.copy()).to(torch.float32)
 
 
-def log_mel_spectrogram(audio16k: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
-    """16 kHz mono [N] -> [n_mels, N // 160] normalised log-mel, as OpenAI's ``log_mel_spectrogram``."""
+def log_mel_spectrogram(audio16k: torch.Tensor, n_mels: int = N_MELS, block: int = 6000) -> torch.Tensor:
+    """16 kHz mono [N] -> [n_mels, N // 160] normalised log-mel, as OpenAI's ``log_mel_spectrogram``.
+
+    The STFT runs ``block`` frames at a time on the reflect-padded signal (the frames of ``center=True``), so
+    long audio never holds its whole complex spectrum; only the mel rows are kept for the whole-clip floor.
+    """
     audio = audio16k.to(torch.float32).reshape(-1)
     n_frames = audio.shape[0] // HOP
     if audio.shape[0] <= N_FFT // 2:  # reflect padding needs more samples than half a window
         audio = torch.nn.functional.pad(audio, (0, N_FFT // 2 + 1 - audio.shape[0]))
+    padded = torch.nn.functional.pad(audio[None, None], (N_FFT // 2, N_FFT // 2), mode="reflect")[0, 0]
     window = torch.hann_window(N_FFT, device=audio.device)
-    stft = torch.stft(audio, N_FFT, HOP, window=window, return_complex=True)
-    power = stft[:, :-1].abs() ** 2  # official: the last frame is dropped
-    mel = _mel_filters(n_mels).to(audio.device) @ power[:, :n_frames]
-    log_spec = mel.clamp(min=1e-10).log10()
+    filters = _mel_filters(n_mels).to(audio.device)
+    mel = torch.empty((n_mels, n_frames), dtype=torch.float32, device=audio.device)
+    for t0 in range(0, n_frames, max(int(block), 1)):  # official: the STFT's last frame is dropped
+        t1 = min(t0 + block, n_frames)
+        stft = torch.stft(padded[t0 * HOP: (t1 - 1) * HOP + N_FFT], N_FFT, HOP, window=window, center=False,
+                          return_complex=True)
+        mel[:, t0:t1] = filters @ (stft.abs() ** 2)
+    log_spec = mel.clamp_(min=1e-10).log10_()
     if log_spec.numel():
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0
@@ -192,11 +201,13 @@ def encoder_states(encoder, mel: torch.Tensor) -> torch.Tensor:
 
 
 def whisper_hidden_states(encoder, audio16k: torch.Tensor, hop_seconds: float = 20.0, batch_size: int = 4,
-                          progress=None) -> torch.Tensor:
-    """16 kHz mono [N] -> [N // 320, 5, 384] float32 CPU (at least one row).
+                          progress=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """16 kHz mono [N] -> [N // 320, 5, 384] on the CPU in ``dtype`` (at least one row).
 
     Up to 30 s: one zero-padded window, the official result. Longer: 30 s windows every ``hop_seconds``
-    (the last ends at the end of the audio), blended continuously where they overlap.
+    (the last ends at the end of the audio), blended continuously where they overlap. The blend is summed in
+    float32 over the rows still open (at most two windows) and each row is written out in ``dtype`` once no
+    later window reaches it, so long audio holds one copy of the result, in the caller's precision.
     """
     audio = audio16k.to(torch.float32).reshape(-1)
     if audio.shape[0] < 2 * HOP:  # shorter than one feature row: pad with silence to one row
@@ -207,7 +218,17 @@ def whisper_hidden_states(encoder, audio16k: torch.Tensor, hop_seconds: float = 
     hop = max(2, int(round(hop_seconds * SAMPLE_RATE / HOP / 2)) * 2)
     windows = plan_windows(2 * rows, WINDOW_MEL, min(hop, WINDOW_MEL), align=2)
     weights = blend_weights(windows, 2 * rows, scale=2)
-    out = torch.zeros((rows, N_STATES, FEATURE_DIM), dtype=torch.float32)
+    out = torch.zeros((rows, N_STATES, FEATURE_DIM), dtype=dtype)
+    open_rows = torch.zeros((0, N_STATES, FEATURE_DIM))  # float32 sums of rows [first, first + len)
+    first = 0
+
+    def close_rows(upto: int) -> None:
+        nonlocal open_rows, first
+        k = upto - first
+        if k > 0:
+            out[first:upto] = open_rows[:k]
+            open_rows, first = open_rows[k:], upto
+
     for i in range(0, len(windows), max(int(batch_size), 1)):
         chunk = windows[i: i + batch_size]
         # an odd trailing mel frame yields no row of its own but is part of the official input (it reaches the
@@ -219,9 +240,15 @@ def whisper_hidden_states(encoder, audio16k: torch.Tensor, hop_seconds: float = 
         for j, (s, _e) in enumerate(chunk):
             w = weights[i + j]
             r0 = s // 2
-            out[r0: r0 + w.shape[0]] += states[j, : w.shape[0]] * w[:, None, None]
+            close_rows(r0)  # windows start in order: rows before this one's start are complete
+            grow = r0 + w.shape[0] - first - open_rows.shape[0]
+            if grow > 0:
+                open_rows = torch.cat([open_rows, open_rows.new_zeros((grow, N_STATES, FEATURE_DIM))])
+            open_rows[r0 - first: r0 - first + w.shape[0]] += states[j, : w.shape[0]] * w[:, None, None]
+        del states, batch
         if progress is not None:
             progress(min(i + batch_size, len(windows)), len(windows))
+    close_rows(rows)
     return out
 
 

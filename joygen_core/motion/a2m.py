@@ -420,14 +420,14 @@ def audio_to_motion(model: A2MModel, hubert, audio16k: torch.Tensor, fps: float,
     multiple of 8 frames, pitch fitted to them, one prior sample ``N(0,1) * temperature`` from the seeded CPU
     generator, flow reversed, decoded at 25 fps. Then resampled to the video's fps and frame count.
     """
-    from ..audio.hubert import hubert_features, pad_frames
+    from ..audio.hubert import hubert_features
     from ..audio.pitch import fit_to, pitch_contour
     from .types import Motion
 
     if fps is None or not math.isfinite(float(fps)) or float(fps) <= 0:
         raise ValueError(f"fps must be a positive number; got {fps!r}")
     audio16k = torch.as_tensor(audio16k, dtype=torch.float32).reshape(-1)
-    feats = pad_frames(hubert_features(hubert, audio16k, batch_size=hubert_batch_size, progress=progress))
+    feats = hubert_features(hubert, audio16k, batch_size=hubert_batch_size, progress=progress, pad_to=8)
     f0 = fit_to(pitch_contour(audio16k), feats.shape[0]) if isinstance(model, PitchContourVAEModel) else None
     exp25 = predict_expressions(model, feats, f0, seed=seed, temperature=temperature, mouth_amp=mouth_amp)
     exp = resample_motion(exp25, float(fps), int(num_frames))

@@ -242,7 +242,8 @@ def read_audio(path: Path | str) -> AudioClip:
             parts.append(out.to_ndarray())
     if not parts:
         raise MediaError(f"{path}: its audio track holds no samples.")
-    data = np.concatenate(parts, axis=1).astype(np.float32)
+    data = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+    del parts
     if data.shape[1] == 0:
         raise MediaError(f"{path}: its audio track holds no samples.")
     data = data[:channels] if data.shape[0] >= channels else data
