@@ -31,39 +31,13 @@ import numpy as np
 import torch
 
 from .errors import JoyGenError, MediaError
+from .memory import fix_mmap_threshold, trim_heap, trimmed
 from .video.io import AudioClip
 from .weights import ModelStore
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "joygen.video_cache.v1"
-_LIBC: list = []
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS between chunks.
-
-    glibc keeps freed memory of mid-sized blocks (the per-chunk frames, masks and activations) in its
-    arenas; with every chunk's sizes a little different the heap fragments and RSS creeps up with the
-    video's length. ``malloc_trim`` returns it; elsewhere this is a no-op.
-    """
-    if not _LIBC:
-        import ctypes
-        import sys
-
-        try:
-            _LIBC.append(ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None)
-        except OSError:
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0].malloc_trim(0)
-
-
-def _trimmed(chunks: Iterator) -> Iterator:
-    """``chunks`` with the heap trimmed after each one is used."""
-    for chunk in chunks:
-        yield chunk
-        trim_heap()
 
 
 @dataclass
@@ -250,7 +224,7 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
     try:
         recon, edit = models.recon, models.edit
         # Faces of the whole video first (small), so tracking and smoothing see across chunk borders.
-        det = detect_all(_trimmed(iter_frames(video, chunk_size=options.chunk_frames)), recon.detector,
+        det = detect_all(trimmed(iter_frames(video, chunk_size=options.chunk_frames)), recon.detector,
                          options.face_policy,
                          batch_size=options.chunk_frames,
                          progress=None if progress is None else (lambda d, t: progress("faces", d, info.frame_count)))
@@ -383,6 +357,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     from .video.length import fit_length, frames_for_duration
 
     options = options or LipSyncOptions()
+    fix_mmap_threshold()
     video, out = Path(video), Path(out)
     if out.exists() and not overwrite:
         raise MediaError(f"{out} already exists; choose another name (outputs never overwrite files).")
