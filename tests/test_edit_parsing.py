@@ -9,8 +9,6 @@ from PIL import Image
 
 from joygen_core.edit.parsing import (
     BiSeNet,
-    _pil_matrix,
-    _resize_pil,
     load_face_parser,
     parse_faces,
     parse_labels,
@@ -113,21 +111,6 @@ def test_not_a_parsing_file(tmp_path):
     torch.save({"net_recon": {"backbone.conv1.weight": torch.zeros(1)}}, path)
     with pytest.raises(ModelFileError, match="not a BiSeNet face-parsing state dict"):
         load_face_parser(path)
-
-
-@pytest.mark.parametrize("src, dst, kind", [((183, 97), (512, 512), "bilinear"), ((700, 613), (512, 512), "bilinear"),
-                                            ((512, 512), (150, 211), "bicubic"), ((512, 512), (640, 333), "bicubic")])
-def test_pil_resizes_reproduced_to_the_pixel(src, dst, kind):
-    """The official PIL resizes (BILINEAR to 512, default BICUBIC back), up and down, batched."""
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
-    img[: src[0] // 2] = 255 * (img[: src[0] // 2] > 127)  # hard edges (overshoot) and noise
-    filt = Image.BILINEAR if kind == "bilinear" else Image.BICUBIC
-    ref = np.asarray(Image.fromarray(img).resize(dst[::-1], filt))
-    my = _pil_matrix(torch.tensor([src[0]]), torch.tensor([dst[0]]), dst[0], src[0], kind)
-    mx = _pil_matrix(torch.tensor([src[1]]), torch.tensor([dst[1]]), dst[1], src[1], kind)
-    ours = _resize_pil(torch.from_numpy(img).permute(2, 0, 1)[None], my, mx)[0].permute(1, 2, 0)
-    np.testing.assert_array_equal(ours.numpy().astype(np.uint8), ref)
 
 
 def test_labels_1_to_13_are_face():

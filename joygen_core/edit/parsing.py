@@ -11,8 +11,7 @@ the backbone here is torchvision's ``resnet18`` without its fc.
 JoyGen ``FaceParsing.__call__``: PIL ``resize((512, 512), BILINEAR)`` of an RGB image, ``ToTensor`` +
 ImageNet ``Normalize``, argmax over the main output, labels ``> 13`` set to 0 and ``>= 1`` to 255, and
 the 'L' mask resized back to the input size with PIL's default filter (bicubic). Both PIL resizes are
-reproduced here on batched tensors to the pixel (same taps, 22-bit fixed-point coefficients, uint8
-rounding between the horizontal and the vertical pass).
+reproduced on batched tensors to the pixel (:mod:`joygen_core.pil_resize`).
 
 Public API::
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
+from ..pil_resize import pil_matrix, resize_rows
 from ..weights import check_state_dict, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -175,64 +175,7 @@ def load_face_parser(path: Path | str, device: torch.device | str = "cpu", dtype
     return model.eval().requires_grad_(False)
 
 
-# ------------------------------------------------------------------ PIL resizes, batched
-
-_PRECISION_BITS = 22  # Pillow: 32 - 8 - 2
-_HALF = float(1 << (_PRECISION_BITS - 1))
-_ONE = float(1 << _PRECISION_BITS)
-
-
-def _pil_filter(x: torch.Tensor, kind: str) -> torch.Tensor:
-    x = x.abs()
-    if kind == "bilinear":  # Pillow's triangle filter, support 1
-        return torch.where(x < 1.0, 1.0 - x, torch.zeros_like(x))
-    a = -0.5  # Pillow's bicubic, support 2
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
-
-
-def _pil_matrix(in_size: torch.Tensor, out_size: torch.Tensor, n_out: int, n_in: int, kind: str) -> torch.Tensor:
-    """Pillow's 1-D resize ``in_size -> out_size`` (per frame, [B]) as dense fixed-point rows [B,n_out,n_in].
-
-    Entry (o, k) is Pillow's 22-bit integer coefficient of input pixel k for output pixel o (Pillow
-    ``precompute_coeffs`` + ``normalize_coeffs_8bpc``); rows past ``out_size`` and columns past
-    ``in_size`` are 0. float64 holds the fixed-point sums exactly.
-    """
-    f64 = torch.float64
-    in_f = in_size.to(f64).reshape(-1, 1, 1)
-    out_f = out_size.to(f64).reshape(-1, 1, 1)
-    scale = in_f / out_f.clamp(min=1)
-    filterscale = scale.clamp(min=1.0)
-    support = (1.0 if kind == "bilinear" else 2.0) * filterscale
-    ntaps = int(torch.ceil(support).max()) * 2 + 1
-    o = torch.arange(n_out, dtype=f64).reshape(1, -1, 1)
-    center = (o + 0.5) * scale
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0)  # C (int) cast, then clamp, as Pillow
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), in_f)
-    k = xmin + torch.arange(ntaps, dtype=f64)  # [B,n_out,ntaps] source pixels
-    w = _pil_filter((k - center + 0.5) / filterscale, kind)
-    w = torch.where(k < xmax, w, torch.zeros_like(w))
-    total = w.sum(-1, keepdim=True)
-    w = torch.where(total != 0, w / total, w)
-    w = torch.trunc(w * _ONE + torch.where(w < 0, -0.5, 0.5)) * (o < out_f)  # Pillow normalize_coeffs_8bpc
-    dense = torch.zeros(w.shape[0], n_out, n_in + ntaps, dtype=f64)
-    # rows past a frame's out_size have zero weights; clamp their (unused) source index into the buffer
-    return dense.scatter_add_(2, k.long().clamp(max=n_in + ntaps - 1), w)[..., :n_in]
-
-
-def _round_pil(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's clip8 of a fixed-point sum: (sum + 2**21) >> 22, clipped to 0..255."""
-    return torch.floor((x + _HALF) / _ONE).clamp_(0, 255)
-
-
-def _resize_pil(img: torch.Tensor, my: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
-    """[B,C,h,w] uint8 values (any float dtype) through [B,H,h] / [B,W,w] Pillow rows -> [B,C,H,W] float64.
-
-    Horizontal pass first with uint8 rounding in between, as Pillow's ImagingResample.
-    """
-    tmp = _round_pil(img.to(torch.float64) @ mx.transpose(1, 2)[:, None])
-    return _round_pil(my[:, None] @ tmp)
+# ------------------------------------------------------------------ windows
 
 
 def _gather(frames: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, hgt: torch.Tensor, wid: torch.Tensor,
@@ -271,9 +214,9 @@ def _labels_of_windows(model: BiSeNet, frames: torch.Tensor, y0: torch.Tensor, x
     nh, nw = int(hgt.max()), int(wid.max())
     win = _gather(frames.to(p.device), y0, x0, hgt, wid, nh, nw).permute(0, 3, 1, 2)
     size = torch.full_like(hgt, PARSE_SIZE)
-    my = _pil_matrix(hgt, size, PARSE_SIZE, nh, "bilinear").to(p.device)
-    mx = _pil_matrix(wid, size, PARSE_SIZE, nw, "bilinear").to(p.device)
-    x = _resize_pil(win, my, mx).to(torch.float32) / 255.0  # official: PIL BILINEAR, then ToTensor
+    my = pil_matrix(hgt, size, PARSE_SIZE, nh, "bilinear").to(p.device)
+    mx = pil_matrix(wid, size, PARSE_SIZE, nw, "bilinear").to(p.device)
+    x = resize_rows(win, my, mx).to(torch.float32) / 255.0  # official: PIL BILINEAR, then ToTensor
     mean = torch.tensor(IMAGENET_MEAN, device=p.device).reshape(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=p.device).reshape(1, 3, 1, 1)
     x = ((x - mean) / std).to(p.dtype).contiguous(memory_format=torch.channels_last)
@@ -287,9 +230,9 @@ def _face_mask_of_windows(model: BiSeNet, frames: torch.Tensor, y0: torch.Tensor
     face = ((labels >= FACE_LABELS[0]) & (labels <= FACE_LABELS[1])).to(torch.float64) * 255.0
     nh, nw = int(hgt.max()), int(wid.max())
     size = torch.full_like(hgt, PARSE_SIZE)
-    my = _pil_matrix(size, hgt, nh, PARSE_SIZE, "bicubic").to(face.device)  # PIL resize default: BICUBIC
-    mx = _pil_matrix(size, wid, nw, PARSE_SIZE, "bicubic").to(face.device)
-    return _resize_pil(face[:, None], my, mx)[:, 0]
+    my = pil_matrix(size, hgt, nh, PARSE_SIZE, "bicubic").to(face.device)  # PIL resize default: BICUBIC
+    mx = pil_matrix(size, wid, nw, PARSE_SIZE, "bicubic").to(face.device)
+    return resize_rows(face[:, None], my, mx)[:, 0]
 
 
 def _chunk(batch_size: int, h: int, w: int, max_elements: int = 1 << 25) -> int:

@@ -6,14 +6,15 @@ least-squares fit with 8 unknowns; ``s = 102 / mean(|R1|, |R2|)``; the frame is 
 ``(int(W*s), int(H*s))`` with PIL bicubic and cut to 224x224 at ``left``/``up`` (truncated toward zero),
 zero outside the image.
 
-PIL's bicubic resize is reproduced here on batched tensors to the pixel: the same filter taps,
-the same 22-bit fixed-point coefficients, horizontal pass first with uint8 rounding in between.
-The fixed-point sums are exact in float64 (every partial sum stays below 2**53).
+PIL's bicubic resize is reproduced on batched tensors to the pixel (:mod:`joygen_core.pil_resize`), over
+only the window of source pixels each crop reads.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ..pil_resize import clip8, pil_taps
 
 CROP = 224
 RESCALE = 102.0
@@ -22,9 +23,6 @@ LM3D_STD = torch.tensor(
     [[-0.311487, 0.290361, 0.13378], [0.309799, 0.28972, 0.131795], [0.003253, -0.046179, 0.552442],
      [-0.252169, -0.381339, 0.224057], [0.248466, -0.381282, 0.222358]], dtype=torch.float64)
 
-_PRECISION_BITS = 22  # Pillow: 32 - 8 - 2
-_HALF = float(1 << (_PRECISION_BITS - 1))
-_ONE = float(1 << _PRECISION_BITS)
 
 
 def _pos_matrix() -> torch.Tensor:
@@ -73,50 +71,6 @@ def crop_geometry(align: torch.Tensor, frame_size: tuple[int, int]
 # ------------------------------------------------------------------ PIL bicubic, batched
 
 
-def _bicubic(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's bicubic kernel (a = -0.5), written in the same operation order as its C code."""
-    a = -0.5
-    x = x.abs()
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
-
-
-def _taps(in_size: torch.Tensor, out_size: torch.Tensor, out_index: torch.Tensor, fixed: bool
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pillow's resampling taps for output positions ``out_index`` [B,K] of a 1-D resize in -> out.
-
-    ``in_size`` / ``out_size`` broadcast to [B,1]. Returns (source index [B,K,T] long, weight [B,K,T]
-    float64) where weights are Pillow's normalised coefficients (``fixed``: its 22-bit integers); taps
-    past a row's end and output positions outside ``[0, out_size)`` have weight 0.
-    """
-    in_size = in_size.to(torch.float64).reshape(-1, 1)
-    out_size = out_size.to(torch.float64).reshape(-1, 1)
-    scale = in_size / out_size
-    filterscale = scale.clamp(min=1.0)
-    support = 2.0 * filterscale
-    ntaps = int(torch.ceil(support).max().item()) * 2 + 1
-    center = (out_index.to(torch.float64) + 0.5) * scale
-    xmin = torch.trunc(center - support + 0.5).clamp(min=0)  # C (int) cast, then clamp
-    xmax = torch.minimum(torch.trunc(center + support + 0.5), in_size) - xmin
-    ss = 1.0 / filterscale
-    weights = []
-    total = torch.zeros_like(center)
-    for x in range(ntaps):  # sequential sum, as Pillow accumulates ww
-        w = _bicubic((x + xmin - center + 0.5) * ss)
-        w = torch.where(x < xmax, w, torch.zeros_like(w))
-        weights.append(w)
-        total = total + w
-    k = torch.stack(weights, dim=-1)
-    k = torch.where(total[..., None] != 0, k / total[..., None], k)
-    if fixed:  # official Pillow normalize_coeffs_8bpc: (int)(k * 2**22 +- 0.5)
-        k = torch.trunc(k * _ONE + torch.where(k < 0, -0.5, 0.5))
-    valid_out = (out_index >= 0) & (out_index.to(torch.float64) < out_size)
-    k = k * valid_out[..., None]
-    src = xmin.long()[..., None] + torch.arange(ntaps)
-    return src, k
-
-
 def _window_matrix(src: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense [B,K,n] coefficients over the smallest source window per frame, and its start [B]."""
     used = k != 0
@@ -129,11 +83,6 @@ def _window_matrix(src: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, to
     dense = torch.zeros(k.shape[0], k.shape[1], n, dtype=torch.float64)
     dense.scatter_add_(2, rel, k * used)
     return dense, start
-
-
-def _round_fixed(x: torch.Tensor) -> torch.Tensor:
-    """Pillow's clip8: (sum + 2**21) >> 22, clipped to 0..255."""
-    return torch.floor((x + _HALF) / _ONE).clamp_(0, 255)
 
 
 def _gather_window(img: torch.Tensor, row0: torch.Tensor, nrows: int, col0: torch.Tensor, ncols: int
@@ -168,14 +117,14 @@ def crop_faces(frames: torch.Tensor, align: torch.Tensor, max_elements: int = 1 
     for i in range(0, b, chunk):
         sl = slice(i, i + chunk)
         ar = torch.arange(CROP)
-        src_x, kx = _taps(torch.tensor(float(w)), ws[sl], left[sl, None] + ar, fixed=True)
-        src_y, ky = _taps(torch.tensor(float(h)), hs[sl], up[sl, None] + ar, fixed=True)
+        src_x, kx = pil_taps(torch.tensor(float(w)), ws[sl], left[sl, None] + ar, "bicubic")
+        src_y, ky = pil_taps(torch.tensor(float(h)), hs[sl], up[sl, None] + ar, "bicubic")
         mx, x0 = _window_matrix(src_x, kx)
         my, y0 = _window_matrix(src_y, ky)
         dev = frames.device
         win = _gather_window(frames[sl].permute(0, 3, 1, 2), y0, my.shape[2], x0, mx.shape[2]).to(torch.float64)
-        tmp = _round_fixed(win @ mx.transpose(1, 2).to(dev)[:, None])  # horizontal pass, uint8 in between
-        res = _round_fixed(my.to(dev)[:, None] @ tmp)  # vertical pass
+        tmp = clip8(win @ mx.transpose(1, 2).to(dev)[:, None])  # horizontal pass, uint8 in between
+        res = clip8(my.to(dev)[:, None] @ tmp)  # vertical pass
         out.append(res.to(torch.float32) / 255.0)
     return torch.cat(out)
 
@@ -200,8 +149,8 @@ def paste_back(maps: torch.Tensor, align: torch.Tensor, frame_size: tuple[int, i
     ws, hs, left, up = crop_geometry(align, (h, w))
     fixed = bool(exact_uint8)
     # taps over every output pixel, then keep only those reading the map window [left, left+224)
-    src_x, kx = _taps(ws.to(torch.float64), torch.tensor(float(w)), torch.arange(w).expand(b, w), fixed)
-    src_y, ky = _taps(hs.to(torch.float64), torch.tensor(float(h)), torch.arange(h).expand(b, h), fixed)
+    src_x, kx = pil_taps(ws, torch.tensor(float(w)), torch.arange(w).expand(b, w), "bicubic", fixed)
+    src_y, ky = pil_taps(hs, torch.tensor(float(h)), torch.arange(h).expand(b, h), "bicubic", fixed)
     rel_x = src_x - left[:, None, None]
     rel_y = src_y - up[:, None, None]
     kx = kx * ((rel_x >= 0) & (rel_x < CROP))
@@ -229,10 +178,10 @@ def paste_back(maps: torch.Tensor, align: torch.Tensor, frame_size: tuple[int, i
     m = maps.to(torch.float64)
     tmp = m @ mx.transpose(1, 2).to(dev)  # horizontal pass [B,224,nx]
     if fixed:
-        tmp = _round_fixed(tmp)
+        tmp = clip8(tmp)
     res = my.to(dev) @ tmp  # vertical pass [B,ny,nx]
     if fixed:
-        res = _round_fixed(res)
+        res = clip8(res)
     # scatter each window into a frame padded by the window size, then cut the padding off
     pad = torch.zeros(b, h + ny, w + nx, dtype=maps.dtype, device=dev)
     rows = (y0[:, None] + torch.arange(ny)).to(dev)
