@@ -39,12 +39,13 @@ def _frame_count(audio_clip, fps: float, frame_count: int) -> int:
     return int(frame_count) if frame_count and frame_count > 0 else frames_for_duration(audio_clip.duration, fps)
 
 
-def _audio16k(audio: dict):
-    from ..joygen_core.audio.prepare import to_mono_16k
+def _audio16k(audio: dict, for_motion: bool = False):
+    """The clip and the 16 kHz signal the official scripts feed Whisper (mono) or audio-to-motion (channels)."""
+    from ..joygen_core.audio.prepare import to_mono_16k, to_motion_16k
     from ..joygen_core.video.convert import audio_from_comfy
 
     clip = audio_from_comfy(audio)
-    return clip, to_mono_16k(clip.waveform, clip.sample_rate)
+    return clip, (to_motion_16k if for_motion else to_mono_16k)(clip.waveform, clip.sample_rate)
 
 
 class JoyGenLoadWhisper:
@@ -172,7 +173,7 @@ class JoyGenAudio2Motion:
     def run(self, audio2motion, audio, fps, frame_count=0, seed=0, temperature=0.2, mouth_amp=0.45):
         from ..joygen_core.motion.a2m import audio_to_motion
 
-        clip, wav = _audio16k(audio)
+        clip, wav = _audio16k(audio, for_motion=True)
         n = _frame_count(clip, fps, frame_count)
         check_interrupt()
         bar = Progress(1, "JoyGen audio to motion")

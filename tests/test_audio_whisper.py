@@ -95,7 +95,7 @@ def test_log_mel_in_blocks_is_the_whole_clip_stft():
 def test_to_mono_16k_never_clips_the_callers_tensor():
     loud = torch.tensor([0.5, 1.5, -2.0, 0.25])
     out = to_mono_16k(loud, 16000)
-    assert out.tolist() == [0.5, 1.0, -1.0, 0.25] and loud.tolist() == [0.5, 1.5, -2.0, 0.25]
+    assert out.tolist() == [0.5, 32767 / 32768, -1.0, 0.25] and loud.tolist() == [0.5, 1.5, -2.0, 0.25]
 
 
 def test_log_mel_silence_and_tiny_input():

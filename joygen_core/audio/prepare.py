@@ -1,9 +1,19 @@
-"""Audio preparation shared by Whisper and HuBERT: any rate and channel count -> 16 kHz mono float32."""
+"""Driving audio -> the 16 kHz signals the models were fed, the way the official scripts make them.
+
+The official scripts let the ffmpeg command line do it, and each model sees a different signal:
+
+- Whisper (``whisper.load_audio``): ``ffmpeg -ac 1 -ar 16000 -f s16le``: channels downmixed, resampled,
+  rounded to 16 bits -> :func:`to_mono_16k`.
+- audio-to-motion (``save_wav16k``): ``ffmpeg -ar 16000`` to a 16-bit WAV with the channels kept; HuBERT
+  reads its first channel, the pitch tracker (librosa) the mean of the channels -> :func:`to_motion_16k`.
+
+Both run ffmpeg's own resampler and channel mixer (libswresample, through PyAV), so for any rate and
+layout the samples are the official ones bit for bit, not a close resampling.
+"""
 
 from __future__ import annotations
 
 import logging
-from math import gcd
 
 import numpy as np
 import torch
@@ -13,32 +23,63 @@ from ..errors import MediaError
 log = logging.getLogger(__name__)
 
 TARGET_RATE = 16000
+_BLOCK = 1 << 16  # input samples per frame handed to the resampler
 
 
-def resample(waveform: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
-    """Polyphase resampling along the last axis (scipy's windowed FIR), float32 on the CPU."""
-    if sample_rate == target_rate:
-        return waveform.to(torch.float32)
-    from scipy.signal import resample_poly
+def _layout(channels: int) -> str:
+    """ffmpeg's default layout for a channel count (what it assumes for a WAV without a channel mask)."""
+    import av
 
-    g = gcd(int(sample_rate), int(target_rate))
-    out = resample_poly(waveform.detach().cpu().numpy().astype(np.float64), target_rate // g, sample_rate // g, axis=-1)
-    return torch.from_numpy(out.astype(np.float32))
+    return av.AudioLayout(f"{int(channels)}c").name
 
 
-def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
-    """Any waveform [T], [C,T] or [B,C,T] (first batch item) at any rate -> mono 16 kHz float32 [T].
+def swr_resample(waveform: torch.Tensor, sample_rate: int, target_rate: int, *, mono: bool = False,
+                 pcm16: bool = False) -> torch.Tensor:
+    """[C, T] float -> [C', T'] float32 at ``target_rate`` with ffmpeg's resampler (libswresample defaults).
 
-    Channels are averaged (a downmix; the official scripts take the first channel of what librosa
-    loads, which librosa itself has already averaged to mono). NaN and inf samples become 0 and the
-    result is clipped to [-1, 1], so damaged audio cannot poison the features downstream.
+    ``mono``: downmixed with ffmpeg's matrix (``-ac 1``), else the channels kept. ``pcm16``: rounded and
+    clipped to 16-bit steps as ffmpeg's s16 output (values ``k / 32768``). Streamed in blocks.
     """
+    import av
+
+    wav = waveform.detach().to("cpu", torch.float32)
+    channels, n = int(wav.shape[0]), int(wav.shape[1])
+    in_layout = _layout(channels)
+    out_layout = "mono" if mono else in_layout
+    out_channels = 1 if mono else channels
+    if n == 0:
+        return torch.zeros((out_channels, 0))
+    resampler = av.AudioResampler(format="s16" if pcm16 else "fltp", layout=out_layout, rate=int(target_rate))
+    parts: list[np.ndarray] = []
+
+    def take(frames) -> None:
+        for f in frames:
+            a = f.to_ndarray()
+            if pcm16:  # packed s16: [1, T*C] interleaved
+                a = a.reshape(-1, out_channels).T.astype(np.float32) / 32768.0
+            parts.append(a)
+
+    data = wav.numpy()
+    for i in range(0, n, _BLOCK):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, i:i + _BLOCK]), format="fltp",
+                                           layout=in_layout)
+        frame.sample_rate = int(sample_rate)
+        frame.pts = i
+        take(resampler.resample(frame))
+    take(resampler.resample(None))
+    if not parts:
+        return torch.zeros((out_channels, 0))
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32))
+
+
+def _checked(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    """[T], [C,T] or [B,C,T] (first batch item) -> finite float32 [C, T]."""
     wav = torch.as_tensor(waveform)
     if wav.ndim == 3:
         wav = wav[0]
-    if wav.ndim == 2:
-        wav = wav.to(torch.float32).mean(dim=0)
-    if wav.ndim != 1:
+    if wav.ndim == 1:
+        wav = wav[None]
+    if wav.ndim != 2:
         raise MediaError(f"Audio waveform must be [T], [C,T] or [B,C,T]; got shape {tuple(wav.shape)}.")
     if sample_rate is None or int(sample_rate) <= 0:
         raise MediaError(f"Audio sample rate must be a positive integer; got {sample_rate!r}.")
@@ -47,5 +88,22 @@ def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.
     if bad.any():
         log.warning("Audio holds %d NaN/inf samples; they are replaced by silence.", int(bad.sum()))
         wav = torch.where(bad, torch.zeros_like(wav), wav)
-    out = resample(wav, int(sample_rate), TARGET_RATE)
-    return out.clamp(-1.0, 1.0) if out is wav else out.clamp_(-1.0, 1.0)  # never clip the caller's tensor
+    return wav
+
+
+def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    """Any waveform [T], [C,T] or [B,C,T] at any rate -> the official Whisper input, float32 [T].
+
+    ffmpeg ``-ac 1 -ar 16000`` 16-bit samples scaled by 1/32768 (so within [-1, 1)). NaN and inf samples
+    become silence first, so damaged audio cannot poison the features downstream.
+    """
+    return swr_resample(_checked(waveform, sample_rate), int(sample_rate), TARGET_RATE, mono=True, pcm16=True)[0]
+
+
+def to_motion_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
+    """Any waveform at any rate -> the official audio-to-motion input, float32 [C, T] (channels kept).
+
+    ffmpeg ``-ar 16000`` to a 16-bit WAV; :func:`joygen_core.motion.a2m.audio_to_motion` gives HuBERT the
+    first channel and the pitch tracker the channels' mean, as the official readers do.
+    """
+    return swr_resample(_checked(waveform, sample_rate), int(sample_rate), TARGET_RATE, pcm16=True)

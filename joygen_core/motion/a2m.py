@@ -414,7 +414,10 @@ def resample_motion(exp25: torch.Tensor, fps: float, num_frames: int, src_fps: f
 def audio_to_motion(model: A2MModel, hubert, audio16k: torch.Tensor, fps: float, num_frames: int, *,
                     seed: int = 0, temperature: float = 0.2, mouth_amp: float = 0.45,
                     hubert_batch_size: int = 4, progress=None):
-    """16 kHz mono audio -> :class:`Motion` with ``num_frames`` expression frames at ``fps``.
+    """16 kHz audio -> :class:`Motion` with ``num_frames`` expression frames at ``fps``.
+
+    ``audio16k``: [T] mono, or [C, T] as the official 16 kHz WAV (:func:`joygen_core.audio.prepare.to_motion_16k`):
+    HuBERT reads its first channel, the pitch tracker the mean of its channels, as the official readers do.
 
     Official pipeline (Real3DPortrait / JoyGen ``inference_audio2motion.py``): HuBERT features zero-padded to a
     multiple of 8 frames, pitch fitted to them, one prior sample ``N(0,1) * temperature`` from the seeded CPU
@@ -426,11 +429,15 @@ def audio_to_motion(model: A2MModel, hubert, audio16k: torch.Tensor, fps: float,
 
     if fps is None or not math.isfinite(float(fps)) or float(fps) <= 0:
         raise ValueError(f"fps must be a positive number; got {fps!r}")
-    audio16k = torch.as_tensor(audio16k, dtype=torch.float32).reshape(-1)
-    feats = hubert_features(hubert, audio16k, batch_size=hubert_batch_size, progress=progress, pad_to=8)
-    f0 = fit_to(pitch_contour(audio16k), feats.shape[0]) if isinstance(model, PitchContourVAEModel) else None
+    audio16k = torch.as_tensor(audio16k, dtype=torch.float32)
+    if audio16k.ndim == 2 and audio16k.shape[0] > 1:
+        first, mean = audio16k[0], audio16k.mean(0)
+    else:
+        first = mean = audio16k.reshape(-1)
+    feats = hubert_features(hubert, first, batch_size=hubert_batch_size, progress=progress, pad_to=8)
+    f0 = fit_to(pitch_contour(mean), feats.shape[0]) if isinstance(model, PitchContourVAEModel) else None
     exp25 = predict_expressions(model, feats, f0, seed=seed, temperature=temperature, mouth_amp=mouth_amp)
     exp = resample_motion(exp25, float(fps), int(num_frames))
     meta = {"seed": int(seed), "temperature": float(temperature), "mouth_amp": float(mouth_amp),
-            "frames_25fps": int(exp25.shape[0]), "audio_seconds": audio16k.shape[0] / 16000.0}
+            "frames_25fps": int(exp25.shape[0]), "audio_seconds": first.shape[0] / 16000.0}
     return Motion(exp=exp.contiguous(), fps=float(fps), meta=meta)

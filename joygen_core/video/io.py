@@ -303,9 +303,9 @@ def write_video(
             if audio is not None:
                 a_rate = int(audio.sample_rate)
                 if a_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000):
-                    from ..audio.prepare import resample
+                    from ..audio.prepare import swr_resample
 
-                    audio = AudioClip(resample(audio.waveform, a_rate, 48000), 48000)
+                    audio = AudioClip(swr_resample(audio.waveform, a_rate, 48000), 48000)
                     a_rate = 48000
                 a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32, copy=False))
                 if a_data.shape[0] > 2:

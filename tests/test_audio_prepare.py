@@ -1,0 +1,91 @@
+"""The 16 kHz signals each model gets: the official ffmpeg command lines' samples, bit for bit."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import wavfile
+
+from joygen_core.audio.prepare import swr_resample, to_mono_16k, to_motion_16k
+from joygen_core.video.io import read_audio
+
+
+def _stereo_speech(speech_wav: Path, rate: int) -> np.ndarray:
+    """The speech on the left, a quieter delayed and brightened copy on the right: channels that differ."""
+    clip = read_audio(speech_wav)
+    left = swr_resample(clip.waveform, clip.sample_rate, rate)[0].numpy()
+    right = 0.5 * np.roll(left, 700) + 0.05 * np.sin(np.arange(left.shape[0]) * 2 * np.pi * 3000 / rate)
+    return np.stack([left, right])
+
+
+def _ffmpeg() -> str:
+    iio = pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg (a static ffmpeg) runs the official commands")
+    return iio.get_ffmpeg_exe()
+
+
+@pytest.mark.parametrize("rate", [44100, 48000, 22050])
+def test_signals_are_the_official_ffmpeg_outputs(tmp_path, speech_wav, rate):
+    ffmpeg = _ffmpeg()
+    wav = tmp_path / f"drive_{rate}.wav"
+    wavfile.write(wav, rate, (np.clip(_stereo_speech(speech_wav, rate), -1, 1) * 32767).astype(np.int16).T)
+    # Whisper's load_audio: ffmpeg -i F -f s16le -acodec pcm_s16le -ac 1 -ar 16000 -
+    raw = subprocess.run([ffmpeg, "-nostdin", "-threads", "0", "-i", str(wav), "-f", "s16le", "-acodec", "pcm_s16le",
+                          "-ac", "1", "-ar", "16000", "-"], capture_output=True, check=True).stdout
+    whisper_ref = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
+    # inference_audio2motion.save_wav16k: ffmpeg -i F -f wav -ar 16000 F_16k.wav (channels kept, 16-bit)
+    wav16 = tmp_path / "drive_16k.wav"
+    subprocess.run([ffmpeg, "-i", str(wav), "-f", "wav", "-ar", "16000", "-v", "quiet", "-y", str(wav16)], check=True)
+    _, motion_ref = wavfile.read(wav16)
+
+    clip = read_audio(wav)
+    whisper_in = to_mono_16k(clip.waveform, clip.sample_rate).numpy()
+    motion_in = to_motion_16k(clip.waveform, clip.sample_rate).numpy()
+    np.testing.assert_array_equal(whisper_in, whisper_ref)
+    np.testing.assert_array_equal(motion_in, motion_ref.T.astype(np.float32) / 32768.0)
+    assert not np.array_equal(motion_in[0], whisper_in)  # the channels differ, so the two signals must too
+
+
+def test_downmix_rounding_and_channels_without_ffmpeg():
+    both = torch.stack([torch.full((1600,), 0.5), torch.full((1600,), 0.1)])
+    assert torch.equal(to_mono_16k(both, 16000), torch.full((1600,), 9830 / 32768))  # (L+R)/2 in 16-bit steps
+    assert torch.equal(to_motion_16k(both, 16000), torch.round(both * 32768) / 32768)  # channels kept
+    loud = torch.tensor([0.5, 1.5, -2.0, 0.49 / 32768, 0.51 / 32768, float("nan")])
+    assert (to_mono_16k(loud, 16000) * 32768).tolist() == [16384, 32767, -32768, 0, 1, 0]  # s16 clip and round
+    # resampling keeps a tone's level and timing (the filter is delay-compensated)
+    t = torch.arange(48000) / 48000
+    tone = 0.5 * torch.sin(2 * torch.pi * 440 * t)[None]
+    out = to_mono_16k(tone, 48000)
+    ref = 0.5 * torch.sin(2 * torch.pi * 440 * torch.arange(16000) / 16000)
+    assert out.shape == (16000,) and (out[200:-200] - ref[200:-200]).abs().max() < 2e-3
+
+
+def test_audio_to_motion_reads_the_first_channel_and_the_pitch_of_the_mean(models_dir, monkeypatch):
+    import joygen_core.audio.hubert as hubert_mod
+    import joygen_core.audio.pitch as pitch_mod
+    from factory import audio as factory_audio
+    from joygen_core.audio.hubert import load_hubert
+    from joygen_core.motion.a2m import audio_to_motion, load_a2m
+
+    seen = {}
+    real_hubert, real_pitch = hubert_mod.hubert_features, pitch_mod.pitch_contour
+
+    def hubert_spy(model, audio, **kw):
+        seen["hubert"] = audio
+        return real_hubert(model, audio, **kw)
+
+    def pitch_spy(audio):
+        seen["pitch"] = audio
+        return real_pitch(audio)
+
+    monkeypatch.setattr(hubert_mod, "hubert_features", hubert_spy)
+    monkeypatch.setattr(pitch_mod, "pitch_contour", pitch_spy)
+    g = torch.Generator().manual_seed(0)
+    wav = torch.stack([0.3 * torch.randn(16000, generator=g), 0.1 * torch.randn(16000, generator=g)])
+    a2m = load_a2m(models_dir / factory_audio.A2M_CKPT)
+    motion = audio_to_motion(a2m, load_hubert(models_dir / factory_audio.HUBERT_DIR), wav, 25.0, 10)
+    assert len(motion) == 10
+    assert torch.equal(seen["hubert"], wav[0]) and torch.equal(seen["pitch"], wav.mean(0))
