@@ -345,6 +345,7 @@ def prepare_video(path: Path, out_dir: Path, models: PrepareModels, settings: Pr
         try:
             clip = read_audio(path)
             audio16k = to_mono_16k(clip.waveform, clip.sample_rate)
+            del clip  # the source-rate audio is not needed again
         except MediaError as exc:
             log.warning("%s: audio unreadable (%s); its frames are dropped as no_audio", path, exc)
     audio_frames = int(audio16k.shape[0] * fps // TARGET_RATE) if audio16k is not None else 0
@@ -370,7 +371,7 @@ def prepare_video(path: Path, out_dir: Path, models: PrepareModels, settings: Pr
             dropped["too_short"] += w.frames
             return
         if states is None:  # Whisper once per video, only when it has a clip
-            states = whisper_hidden_states(models.whisper, audio16k)
+            states = whisper_hidden_states(models.whisper, audio16k, dtype=torch.float16)  # saved as half
         rows = frame_windows(w.end, fps, states.shape[0])[w.start:w.end]  # [T,10]
         feats = states[rows].reshape(w.frames, -1, states.shape[-1])  # [T,50,384], official chunk layout
         record["clips"].append(w.finish(feats, fps, vid))
