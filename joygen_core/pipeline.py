@@ -93,9 +93,10 @@ class LipSyncReport:
     seconds: dict = field(default_factory=dict)
 
 
-def fingerprint(module: torch.nn.Module) -> str:
-    """A cheap stable identity of loaded weights (first and last tensors): part of the cache key."""
-    params = list(module.state_dict().values())
+def fingerprint(weights: torch.nn.Module | torch.Tensor) -> str:
+    """A cheap stable identity of loaded weights (a module's first and last tensors, or one tensor, such as the
+    BFM's mean shape): part of the cache key."""
+    params = list(weights.state_dict().values()) if isinstance(weights, torch.nn.Module) else [weights]
     h = hashlib.sha1()
     for t in (params[0], params[-1]) if params else ():
         h.update(t.detach().float().cpu().contiguous().numpy().tobytes())

@@ -286,7 +286,7 @@ class JoyGenLipSync:
                                  temperature=float(temperature), mouth_amp=float(mouth_amp),
                                  batch_size=int(batch_size), chunk_frames=int(chunk_frames), crf=int(crf))
         files = {"regressor": fingerprint(recon_models.regressor), "vae": fingerprint(edit_models.vae),
-                 "unet": fingerprint(edit_models.unet), "bfm": fingerprint_bfm(recon_models.bfm)}
+                 "unet": fingerprint(edit_models.unet), "bfm": fingerprint(recon_models.bfm.meanshape)}
         if face_parser is not None:
             files["parser"] = fingerprint(face_parser)
         models = PipelineModels(recon=recon_models, whisper=whisper, edit=edit_models,
@@ -310,12 +310,6 @@ class JoyGenLipSync:
                 bar.close()
         log.info("JoyGen Lip Sync: %d frames (%d with a face) -> %s", report.frames, report.frames_with_face, out)
         return (video_from_file(out),)
-
-
-def fingerprint_bfm(bfm) -> str:
-    import hashlib
-
-    return hashlib.sha1(bfm.meanshape[:300].detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
 NODE_CLASS_MAPPINGS = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from joygen_core.pipeline import LipSyncOptions, VideoCache, _runs, lip_sync, load_models
+from joygen_core.pipeline import LipSyncOptions, VideoCache, _runs, fingerprint, lip_sync, load_models
 from joygen_core.video.io import AudioClip, probe_video, read_audio, read_frames, write_video
 from joygen_core.weights import ModelStore
 
@@ -218,3 +218,14 @@ def test_smoothing_spans_chunk_borders(models, clip_dir, tmp_path):
     whole = smooth_detections(detect_all(iter([read_frames(clip_dir / "face.mp4")]), models.recon.detector), 25.0)
     assert len(track) == 16 and track.meta["smoothed"]
     assert torch.allclose(track.det_box, whole.box, atol=1e-4)  # one smoothing over all 16 frames, not 2 x 8
+
+
+def test_fingerprint_tells_weights_apart():
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    assert fingerprint(a) == fingerprint(a) and fingerprint(a) != fingerprint(b)
+    c = torch.nn.Linear(4, 3)
+    c.load_state_dict(a.state_dict())
+    assert fingerprint(c) == fingerprint(a)  # the same weights in another object: the same key
+    shape = torch.randn(300)
+    assert fingerprint(shape) == fingerprint(shape.clone()) != fingerprint(shape + 1e-3)
