@@ -138,13 +138,13 @@ class Progress:
 def output_dir() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_output_directory())
-    return Path("output")
+    return Path("output").resolve()
 
 
 def temp_dir() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_temp_directory())
-    return Path("temp")
+    return Path("temp").resolve()
 
 
 def cache_dir() -> Path:

@@ -229,3 +229,37 @@ def test_fingerprint_tells_weights_apart():
     assert fingerprint(c) == fingerprint(a)  # the same weights in another object: the same key
     shape = torch.randn(300)
     assert fingerprint(shape) == fingerprint(shape.clone()) != fingerprint(shape + 1e-3)
+
+
+def test_lip_sync_node_is_the_library_run(pack, models, clip_dir, tmp_path, monkeypatch):
+    """The all-in-one node adapts ComfyUI values and calls lip_sync: the frames it encodes are the library's."""
+    from types import SimpleNamespace
+
+    import joygen_core.video.io as video_io
+    from joygen_core.video.convert import audio_to_comfy
+    from joygen_pack.nodes.comfy import FileVideo
+    from joygen_pack.nodes.edit import JoyGenLipSync
+
+    encoded = []  # x264 is not bit-reproducible across runs with threads: compare what goes into it
+    real_write = video_io.write_video
+
+    def keep_frames(path, frames, **kw):
+        chunks = [np.array(c) for c in frames]
+        encoded.append(np.concatenate(chunks))
+        return real_write(path, iter(chunks), **kw)
+
+    monkeypatch.setattr(video_io, "write_video", keep_frames)
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI the node works under ./temp
+    speech = read_audio(clip_dir / "short.wav")
+    a2m = SimpleNamespace(model=models.a2m, hubert=models.hubert)
+    (video,) = JoyGenLipSync().run(FileVideo(clip_dir / "face.mp4"), audio_to_comfy(speech), models.recon,
+                                   models.whisper, models.edit, blend="landmarks", seed=3, audio2motion=a2m,
+                                   batch_size=4, chunk_frames=8)
+    out = Path(video.get_stream_source())
+    assert out.is_file() and out.parent == tmp_path / "temp" / "joygen"
+    assert any((tmp_path / "temp" / "joygen_cache").iterdir())  # the per-video cache lives beside it
+    lib = tmp_path / "lib.mp4"
+    lip_sync(clip_dir / "face.mp4", speech, lib, models, _opts(seed=3), cache_root=tmp_path / "cache")
+    assert probe_video(out).frame_count == probe_video(lib).frame_count == round(speech.duration * 25)
+    assert len(encoded) == 2 and np.array_equal(encoded[0], encoded[1])
+    assert torch.equal(read_audio(out).waveform, read_audio(lib).waveform)
