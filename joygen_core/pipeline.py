@@ -11,8 +11,9 @@ Stages, in order (each lives in its own sub-package; this module only orchestrat
 
 The cache is keyed by the video's content, the settings that shape the per-video work and the identity of
 the model files, so driving the same video with new audio skips stage 1. Frames, latents and masks are
-held one chunk at a time; what still scales with the length is the audio (Whisper states, HuBERT / A2M
-over the whole clip) and, measured but not yet explained, part of a first (uncached) run's peak.
+held one chunk at a time, and the heap is kept from fragmenting across stages (:mod:`.memory`); what still
+scales with the length is the audio: the Whisper states (half precision, about 12 MB a minute) and the
+HuBERT / A2M pass over the whole clip (a transient before the edit stage).
 """
 
 from __future__ import annotations
