@@ -410,6 +410,8 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         timing = {"read": 0.0, "depth": 0.0, "edit": 0.0}
 
         def frames_out() -> Iterator[np.ndarray]:
+            if progress is not None:
+                progress("edit", 0, n_out)
             with FrameReader(video) as reader:
                 for a in range(0, n_out, options.chunk_frames):
                     src = index[a:a + options.chunk_frames]
