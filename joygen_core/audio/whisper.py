@@ -64,8 +64,9 @@ def log_mel_spectrogram(audio16k: torch.Tensor, n_mels: int = N_MELS, block: int
     window = torch.hann_window(N_FFT, device=audio.device)
     filters = _mel_filters(n_mels).to(audio.device)
     mel = torch.empty((n_mels, n_frames), dtype=torch.float32, device=audio.device)
-    for t0 in range(0, n_frames, max(int(block), 1)):  # official: the STFT's last frame is dropped
-        t1 = min(t0 + block, n_frames)
+    step = max(int(block), 1)
+    for t0 in range(0, n_frames, step):  # official: the STFT's last frame is dropped
+        t1 = min(t0 + step, n_frames)
         stft = torch.stft(padded[t0 * HOP: (t1 - 1) * HOP + N_FFT], N_FFT, HOP, window=window, center=False,
                           return_complex=True)
         mel[:, t0:t1] = filters @ (stft.abs() ** 2)
@@ -206,7 +207,7 @@ def whisper_hidden_states(encoder, audio16k: torch.Tensor, hop_seconds: float = 
 
     Up to 30 s: one zero-padded window, the official result. Longer: 30 s windows every ``hop_seconds``
     (the last ends at the end of the audio), blended continuously where they overlap. The blend is summed in
-    float32 over the rows still open (at most two windows) and each row is written out in ``dtype`` once no
+    float32 over the rows a later window may still reach, and each row is written out in ``dtype`` once no
     later window reaches it, so long audio holds one copy of the result, in the caller's precision.
     """
     audio = audio16k.to(torch.float32).reshape(-1)
