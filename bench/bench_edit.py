@@ -222,7 +222,8 @@ def bench_memory(args) -> None:
                              f"{res['seconds']:.0f}", stages))
                 print("  ".join(rows[-1]), flush=True)
     _table(rows)
-    print(f"peak ratio longest / shortest: {peaks[-1] / peaks[0]:.2f} (goal <= 1.2)")
+    if len(peaks) > 1:
+        print(f"peak ratio longest / shortest: {peaks[-1] / peaks[0]:.2f} (goal <= 1.2)")
 
 
 def main() -> None:
