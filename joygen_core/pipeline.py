@@ -286,28 +286,25 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
 # ---------------------------------------------------------------- per-audio work
 
 
-def audio_conditioning(models: PipelineModels, clip: AudioClip, fps: float, n_out: int,
-                       options: LipSyncOptions, progress: Callable[[str, int, int], None] | None = None
+def audio_conditioning(models: PipelineModels, whisper16k: torch.Tensor, motion16k: torch.Tensor, fps: float,
+                       n_out: int, options: LipSyncOptions, progress: Callable[[str, int, int], None] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(Whisper states [T50,5,384] half, frame windows [n_out,10], expressions [n_out,64] or None).
 
-    Each model gets the 16 kHz signal the official scripts give it (:mod:`joygen_core.audio.prepare`).
+    ``whisper16k`` / ``motion16k``: the signals the official scripts give each model
+    (:func:`joygen_core.audio.prepare.to_mono_16k` / :func:`~joygen_core.audio.prepare.to_motion_16k`).
     """
-    from .audio.prepare import to_mono_16k, to_motion_16k
     from .audio.whisper import whisper_hidden_states
     from .audio.windows import frame_windows
     from .motion.a2m import audio_to_motion
 
-    audio16k = to_mono_16k(clip.waveform, clip.sample_rate)
-    states = whisper_hidden_states(models.whisper, audio16k, dtype=torch.float16)
+    states = whisper_hidden_states(models.whisper, whisper16k, dtype=torch.float16)
     windows = frame_windows(n_out, fps, states.shape[0])
     if progress is not None:
         progress("audio", 1, 2)
     exp = None
     if options.use_depth:
-        wav = audio16k if clip.channels == 1 else to_motion_16k(clip.waveform, clip.sample_rate)
-        del audio16k
-        motion = audio_to_motion(models.a2m, models.hubert, wav, fps, n_out, seed=options.seed,
+        motion = audio_to_motion(models.a2m, models.hubert, motion16k, fps, n_out, seed=options.seed,
                                  temperature=options.temperature, mouth_amp=options.mouth_amp)
         exp = motion.exp
     if progress is not None:
@@ -359,6 +356,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     """
     import tempfile
 
+    from .audio.prepare import to_mono_16k, to_motion_16k
     from .edit import editor
     from .render.depth import render_mouth_depth
     from .video.io import FrameReader, probe_video, read_audio, write_video
@@ -375,6 +373,10 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     clip = audio if isinstance(audio, AudioClip) else read_audio(audio)
     if clip.waveform.shape[-1] == 0:
         raise MediaError("The driving audio holds no samples.")
+    # before the long per-video pass, so bad audio fails at once; mono input is the same signal for both
+    whisper16k = to_mono_16k(clip.waveform, clip.sample_rate)
+    motion16k = whisper16k if clip.channels == 1 or not options.use_depth else to_motion_16k(clip.waveform,
+                                                                                           clip.sample_rate)
     fps = float(info.fps)
 
     tmp_cache = None
@@ -396,7 +398,8 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         report.frames, report.fps = n_out, fps
 
         t1 = time.perf_counter()
-        states, windows, exp = audio_conditioning(models, clip, fps, n_out, options, progress)
+        states, windows, exp = audio_conditioning(models, whisper16k, motion16k, fps, n_out, options, progress)
+        del whisper16k, motion16k
         trim_heap()
         report.seconds["audio (whisper, motion)"] = time.perf_counter() - t1
 

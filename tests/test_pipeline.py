@@ -263,3 +263,12 @@ def test_lip_sync_node_is_the_library_run(pack, models, clip_dir, tmp_path, monk
     assert probe_video(out).frame_count == probe_video(lib).frame_count == round(speech.duration * 25)
     assert len(encoded) == 2 and np.array_equal(encoded[0], encoded[1])
     assert torch.equal(read_audio(out).waveform, read_audio(lib).waveform)
+
+
+def test_bad_audio_fails_before_the_per_video_pass(models, clip_dir, tmp_path):
+    from joygen_core.errors import MediaError
+
+    bad = AudioClip(torch.zeros(1, 1600), 0)
+    with pytest.raises(MediaError, match="sample rate"):
+        lip_sync(clip_dir / "face.mp4", bad, tmp_path / "out.mp4", models, _opts(), cache_root=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
