@@ -89,3 +89,24 @@ def test_audio_to_motion_reads_the_first_channel_and_the_pitch_of_the_mean(model
     motion = audio_to_motion(a2m, load_hubert(models_dir / factory_audio.HUBERT_DIR), wav, 25.0, 10)
     assert len(motion) == 10
     assert torch.equal(seen["hubert"], wav[0]) and torch.equal(seen["pitch"], wav.mean(0))
+
+
+def test_channel_remix_is_ffmpegs(tmp_path, speech_wav):
+    """``channels=2`` of a 5.1 clip is ffmpeg's ``-ac 2`` (what the writer uses for surround driving audio).
+
+    ffmpeg remixes s16 to s16 in fixed point, we remix float and round: at most one 16-bit step apart.
+    """
+    ffmpeg = _ffmpeg()
+    rate = 48000
+    st = _stereo_speech(speech_wav, rate)
+    six = np.stack([st[0], st[1], 0.5 * st[0], 0.1 * st[1], 0.3 * st[1], 0.2 * st[0]])
+    wav = tmp_path / "surround.wav"
+    wavfile.write(wav, rate, (np.clip(six, -1, 1) * 32767).astype(np.int16).T)
+    raw = subprocess.run([ffmpeg, "-nostdin", "-i", str(wav), "-f", "s16le", "-acodec", "pcm_s16le", "-ac", "2", "-"],
+                         capture_output=True, check=True).stdout
+    ref = np.frombuffer(raw, np.int16).reshape(-1, 2).T.astype(np.float32) / 32768.0
+    clip = read_audio(wav)
+    ours = swr_resample(clip.waveform, clip.sample_rate, rate, channels=2, pcm16=True).numpy()
+    assert ours.shape == ref.shape
+    step = np.abs(ours - ref) * 32768
+    assert step.max() <= 1 and (step == 0).mean() > 0.98

@@ -174,3 +174,16 @@ def test_writer_is_atomic_and_never_overwrites(tmp_path):
     with pytest.raises(MediaError, match="already exists"):
         write_video(target, iter([np.ones((2, 16, 16, 3), np.uint8)]), 25)
     assert target.read_bytes() == before
+
+
+def test_surround_audio_is_written_as_a_stereo_downmix(tmp_path):
+    """5.1 driving audio: a stereo track keeping left and right apart (ffmpeg's -ac 2), not a mono mean."""
+    rate = 48000
+    t = torch.arange(rate) / rate
+    six = torch.zeros(6, rate)
+    six[0] = 0.5 * torch.sin(2 * torch.pi * 440 * t)  # FL only: 5.1 is FL FR FC LFE BL BR
+    out = write_video(tmp_path / "surround.mp4", iter([np.zeros((25, 16, 16, 3), np.uint8)]), 25, AudioClip(six, rate))
+    clip = read_audio(out)
+    assert clip.channels == 2 and clip.sample_rate == rate
+    left, right = clip.waveform[0, 2000:-2000], clip.waveform[1, 2000:-2000]
+    assert left.abs().max() > 0.2 and right.abs().max() < 0.01

@@ -33,20 +33,20 @@ def _layout(channels: int) -> str:
     return av.AudioLayout(f"{int(channels)}c").name
 
 
-def swr_resample(waveform: torch.Tensor, sample_rate: int, target_rate: int, *, mono: bool = False,
+def swr_resample(waveform: torch.Tensor, sample_rate: int, target_rate: int, *, channels: int | None = None,
                  pcm16: bool = False) -> torch.Tensor:
     """[C, T] float -> [C', T'] float32 at ``target_rate`` with ffmpeg's resampler (libswresample defaults).
 
-    ``mono``: downmixed with ffmpeg's matrix (``-ac 1``), else the channels kept. ``pcm16``: rounded and
-    clipped to 16-bit steps as ffmpeg's s16 output (values ``k / 32768``). Streamed in blocks.
+    ``channels``: remixed to that many with ffmpeg's matrix (``-ac N``); ``None`` keeps them. ``pcm16``:
+    rounded and clipped to 16-bit steps as ffmpeg's s16 output (values ``k / 32768``). Streamed in blocks.
     """
     import av
 
     wav = waveform.detach().to("cpu", torch.float32)
-    channels, n = int(wav.shape[0]), int(wav.shape[1])
-    in_layout = _layout(channels)
-    out_layout = "mono" if mono else in_layout
-    out_channels = 1 if mono else channels
+    n = int(wav.shape[1])
+    in_layout = _layout(int(wav.shape[0]))
+    out_channels = int(wav.shape[0]) if channels is None else int(channels)
+    out_layout = _layout(out_channels)
     if n == 0:
         return torch.zeros((out_channels, 0))
     resampler = av.AudioResampler(format="s16" if pcm16 else "fltp", layout=out_layout, rate=int(target_rate))
@@ -97,7 +97,7 @@ def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.
     ffmpeg ``-ac 1 -ar 16000`` 16-bit samples scaled by 1/32768 (so within [-1, 1)). NaN and inf samples
     become silence first, so damaged audio cannot poison the features downstream.
     """
-    return swr_resample(_checked(waveform, sample_rate), int(sample_rate), TARGET_RATE, mono=True, pcm16=True)[0]
+    return swr_resample(_checked(waveform, sample_rate), int(sample_rate), TARGET_RATE, channels=1, pcm16=True)[0]
 
 
 def to_motion_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:

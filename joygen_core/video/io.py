@@ -302,14 +302,16 @@ def write_video(
             a_rate = 0
             if audio is not None:
                 a_rate = int(audio.sample_rate)
-                if a_rate not in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000):
+                aac_rate = a_rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200,
+                                      96000)
+                if not aac_rate or audio.channels > 2:  # resampled / downmixed to stereo as ffmpeg would
                     from ..audio.prepare import swr_resample
 
-                    audio = AudioClip(swr_resample(audio.waveform, a_rate, 48000), 48000)
-                    a_rate = 48000
+                    to_rate = a_rate if aac_rate else 48000
+                    audio = AudioClip(swr_resample(audio.waveform, a_rate, to_rate,
+                                                   channels=min(audio.channels, 2)), to_rate)
+                    a_rate = to_rate
                 a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32, copy=False))
-                if a_data.shape[0] > 2:
-                    a_data = a_data.mean(axis=0, keepdims=True)
                 layout = "stereo" if a_data.shape[0] == 2 else "mono"
                 astream = container.add_stream("aac", rate=a_rate, layout=layout)
                 astream.bit_rate = 192000
