@@ -57,6 +57,10 @@ class AudioClip:
         return int(self.waveform.shape[0])
 
 
+AAC_RATES = frozenset((8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000))
+"""Sample rates the AAC encoder takes; other rates are resampled to 48 kHz for the output track."""
+
+
 def as_fraction(fps: float | Fraction | int) -> Fraction:
     """An exact frame rate: NTSC rates written as 29.97 / 23.976 / 59.94 become their 1001 fractions."""
     if isinstance(fps, Fraction):
@@ -302,8 +306,7 @@ def write_video(
             a_rate = 0
             if audio is not None:
                 a_rate = int(audio.sample_rate)
-                aac_rate = a_rate in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200,
-                                      96000)
+                aac_rate = a_rate in AAC_RATES
                 if not aac_rate or audio.channels > 2:  # resampled / downmixed to stereo as ffmpeg would
                     from ..audio.prepare import swr_resample
 
