@@ -244,6 +244,8 @@ def read_audio(path: Path | str) -> AudioClip:
                 parts.append(out.to_ndarray())
         for out in resampler.resample(None):
             parts.append(out.to_ndarray())
+        # read while open: PyAV 17+ refuses stream properties once the container is closed
+        end_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
     if not parts:
         raise MediaError(f"{path}: its audio track holds no samples.")
     data = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
@@ -251,9 +253,9 @@ def read_audio(path: Path | str) -> AudioClip:
     if data.shape[1] == 0:
         raise MediaError(f"{path}: its audio track holds no samples.")
     data = data[:channels] if data.shape[0] >= channels else data
-    if stream.duration and stream.time_base:
+    if end_s is not None:
         # AAC decodes whole 1024-sample frames: the stream duration says where the real samples end.
-        n = int(round(float(stream.duration * stream.time_base) * rate))
+        n = int(round(end_s * rate))
         if 0 < n < data.shape[1]:
             data = data[:, :n]
     return AudioClip(waveform=torch.from_numpy(np.ascontiguousarray(data)), sample_rate=int(rate))
