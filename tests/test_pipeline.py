@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def test_cache_gathers_rows_across_chunks_in_the_asked_order(tmp_path):
 def test_cli_edit_writes_the_video(models_dir, clip_dir, tmp_path):
     out = tmp_path / "cli.mp4"
     proc = subprocess.run(
-        ["python3", "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
+        [sys.executable, "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
          str(clip_dir / "short.wav"), "--out", str(out), "--models", str(models_dir), "--blend", "landmarks",
          "--audio-only", "--cache", str(tmp_path / "cache"), "--chunk-frames", "8"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
@@ -170,7 +171,7 @@ def test_cli_edit_writes_the_video(models_dir, clip_dir, tmp_path):
 
 def test_cli_missing_models_is_one_clear_error(clip_dir, tmp_path):
     proc = subprocess.run(
-        ["python3", "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
+        [sys.executable, "-m", "joygen_core", "edit", "--video", str(clip_dir / "face.mp4"), "--audio",
          str(clip_dir / "short.wav"), "--out", str(tmp_path / "x.mp4"), "--models", str(tmp_path / "nowhere")],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert proc.returncode == 2
