@@ -22,29 +22,45 @@ from .weights import MANIFEST, ModelStore, default_model_dirs
 
 log = logging.getLogger(__name__)
 
-SAMPLE_CLIP = "video_wan2_1_infinitetalk-1.webp"
+SAMPLE_CLIP = "video_wan2_2_14B_s2v-1.webp"
+"""One talking (singing) face, 69 frames of 350x350; in every comfyui-workflow-templates-media-video from 0.3.30
+(the version ComfyUI pins) to 0.3.101 at least, unlike video_wan2_1_infinitetalk-1.webp (0.3.41 on)."""
 SAMPLE_TEXT = ("JoyGen edits the lips of an existing talking face video, so that they follow a new audio track. "
                "This is the built in demo.")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def template_clip(name: str = SAMPLE_CLIP) -> Path:
+    """The path of an animated WebP shipped by comfyui-workflow-templates-media-video."""
+    try:
+        import comfyui_workflow_templates_media_video as media
+    except ImportError as exc:
+        raise JoyGenError("The sample clip comes from the package comfyui-workflow-templates-media-video: "
+                          "pip install 'comfyui-workflow-templates-media-video>=0.3.30'") from exc
+    hits = sorted(Path(media.__file__).parent.rglob(name))
+    if not hits:
+        raise JoyGenError(f"{name} is missing from comfyui-workflow-templates-media-video "
+                          f"{_version('comfyui-workflow-templates-media-video')}; reinstall it (>=0.3.30).")
+    return hits[0]
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def sample_video(folder: Path, fps: float = 25.0) -> Path:
     """The built-in clip as an MP4 in ``folder``."""
+    import numpy as np
     from PIL import Image, ImageSequence
 
     from .video.io import write_video
 
-    try:
-        import comfyui_workflow_templates_media_video as media
-    except ImportError as exc:
-        raise JoyGenError("The demo clip comes from the package comfyui-workflow-templates-media-video: "
-                          "pip install comfyui-workflow-templates-media-video") from exc
-    hits = list(Path(media.__file__).parent.rglob(SAMPLE_CLIP))
-    if not hits:
-        raise JoyGenError(f"{SAMPLE_CLIP} is missing from comfyui-workflow-templates-media-video; reinstall it.")
-    import numpy as np
-
-    frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(hits[0]))])
+    frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(template_clip()))])
     out = folder / "sample.mp4"
     write_video(out, iter([frames]), fps=fps, overwrite=True)
     return out

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from joygen_core.demo import SAMPLE_CLIP
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK_NAME = "joygen_pack"
 
@@ -74,18 +76,13 @@ def pack():
 
 
 def _template_webp(name: str) -> Path:
-    try:
-        import comfyui_workflow_templates_media_video as media
-    except ImportError:
-        pytest.skip("comfyui-workflow-templates-media-video is not installed")
-    base = Path(media.__file__).parent
-    hits = list(base.rglob(name))
-    if not hits:
-        pytest.skip(f"{name} not found in comfyui-workflow-templates-media-video")
-    return hits[0]
+    """A clip of comfyui-workflow-templates-media-video: a missing package or clip fails, never skips."""
+    from joygen_core.demo import template_clip
+
+    return template_clip(name)
 
 
-def webp_frames(name: str = "video_wan2_1_infinitetalk-1.webp", max_frames: int | None = None) -> np.ndarray:
+def webp_frames(name: str = SAMPLE_CLIP, max_frames: int | None = None) -> np.ndarray:
     """Frames of an animated WebP of a real-looking talking person, uint8 [T,H,W,3]."""
     from PIL import Image, ImageSequence
 
@@ -100,7 +97,7 @@ def webp_frames(name: str = "video_wan2_1_infinitetalk-1.webp", max_frames: int 
 
 @pytest.fixture(scope="session")
 def face_frames() -> np.ndarray:
-    """A real talking face, uint8 [T,350,350,3] (T about 45-69)."""
+    """A real-looking man singing to a guitar, one face, uint8 [69,350,350,3]."""
     return webp_frames()
 
 

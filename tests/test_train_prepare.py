@@ -68,9 +68,10 @@ def test_clips_and_drop_reasons(prepared, media, face_video):
     assert mixed["frames_total"] == 11 and mixed["frames_kept"] == 6
     real = _record(out, face_video)
     n = real["frames_total"]
-    # sampled as runs of 3 at the start and the end; the second person faces the camera in the last 5 frames
-    assert n == 45 and [(c["start"], c["frames"]) for c in real["clips"]] == [(0, 3)]
-    assert real["dropped"] == {"no_face": 0, "several_faces": 3, "too_short": 0, "no_audio": 0, "sampled_out": 39}
+    # sampled as runs of 3 at the start and the end; in frames 1 and 2 of the H.264 copy MTCNN also sees a
+    # second, low-score face (0.75, 0.80), which leaves frame 0 alone: too short
+    assert n == 69 and [(c["start"], c["frames"]) for c in real["clips"]] == [(66, 3)]
+    assert real["dropped"] == {"no_face": 0, "several_faces": 2, "too_short": 1, "no_audio": 0, "sampled_out": 63}
     assert _record(out, media["silent"])["status"] == "no_audio"
     # the run summary adds them up and names the failures
     assert summary["videos"] == {"in_shard": 4, "skipped_done": 0, "prepared": 2, "without_clips": 1, "failed": 2}
@@ -176,7 +177,7 @@ def test_disk_full_leaves_no_partial_video(tmp_path, media, face_video, models, 
 
     monkeypatch.setattr(P._ClipWriter, "finish", full)
     with pytest.raises(JoyGenError, match="disk full"):
-        P.prepare([face_video], out, models=models, min_clip_frames=2, max_frames_per_video=2, segment_frames=2,
+        P.prepare([face_video], out, models=models, min_clip_frames=2, max_frames_per_video=4, segment_frames=2,
                   progress=False)
     assert list((out / P.VIDEOS_DIR).iterdir()) == []
     assert (out / P.MANIFEST).read_text() == ""
@@ -242,5 +243,10 @@ def test_worker_processes_give_the_same_data(prepared, media, models_dir, tmp_pa
     assert summary["videos"]["prepared"] == 1 and summary["videos"]["failed"] == 1
     vid = P.video_id(media["mixed"])
     for name in ("c000.face.npy", "c000.depth.npy", "c001.face.npy", "c001.depth.npy"):
-        np.testing.assert_array_equal(np.load(tmp_path / P.VIDEOS_DIR / vid / name),
-                                      np.load(out / P.VIDEOS_DIR / vid / name))
+        # a worker runs one torch thread (the main process two): sums taken in another order move the
+        # regressed alignment by float rounding, so a few crop pixels may land one level apart
+        a = np.load(tmp_path / P.VIDEOS_DIR / vid / name).astype(np.int16)
+        b = np.load(out / P.VIDEOS_DIR / vid / name).astype(np.int16)
+        assert a.shape == b.shape, name
+        diff = np.abs(a - b)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (name, int(diff.max()), float((diff > 0).mean()))
