@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.io import wavfile
 
-from joygen_core.audio.prepare import swr_resample, to_mono_16k, to_motion_16k
+from joygen_core.audio.prepare import finite_audio, swr_resample, to_mono_16k, to_motion_16k
 from joygen_core.video.io import read_audio
 
 
@@ -110,3 +110,62 @@ def test_channel_remix_is_ffmpegs(tmp_path, speech_wav):
     assert ours.shape == ref.shape
     step = np.abs(ours - ref) * 32768
     assert step.max() <= 1 and (step == 0).mean() > 0.98
+
+
+def _damaged_wav(path: Path, bad: int, rate: int = 16000) -> tuple[Path, np.ndarray]:
+    """1 s of a stereo float WAV tone, its first ``bad`` samples of the left channel NaN / +inf / -inf, and
+    a stretch driven past full scale (a float WAV may hold both)."""
+    t = np.arange(rate) / rate
+    wav = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+    wav[0, 4000:4100] *= 3.0
+    wav[0, :bad] = np.resize(np.array([np.nan, np.inf, -np.inf], np.float32), bad)
+    wavfile.write(path, rate, wav.T)
+    return path, wav
+
+
+def test_non_finite_samples_become_silence_once_for_the_models_and_the_output_track(tmp_path, caplog):
+    import logging
+
+    from joygen_core.video.io import AudioClip, write_video
+
+    path, raw = _damaged_wav(tmp_path / "nan.wav", 150)
+    with caplog.at_level(logging.WARNING):
+        clip = read_audio(path)
+        whisper_in = to_mono_16k(clip.waveform, clip.sample_rate)
+        out = write_video(tmp_path / "out.mp4", iter([np.zeros((25, 16, 16, 3), np.uint8)]), 25, clip)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and str(path) in warned[0] and " 150 " in warned[0]  # once, with the count
+    w = clip.waveform.numpy()
+    assert (w[0, :150] == 0).all() and np.array_equal(w[:, 150:], raw[:, 150:])  # only those samples change
+    assert torch.isfinite(whisper_in).all() and whisper_in.shape == (16000,)
+    back = read_audio(out).waveform.numpy()
+    assert np.isfinite(back).all() and back.shape[1] == 16000
+    # the output track was clipped to [-1, 1] before the AAC encoder (what it decodes to stays near full scale)
+    assert np.abs(back).max() < 1.1 and np.abs(back[0, 4000:4100]).max() > 0.8
+
+    # an in-memory clip (a ComfyUI AUDIO) goes through the same cleaning in the writer: no encoder failure
+    caplog.clear()
+    wav = torch.from_numpy(raw.copy())
+    with caplog.at_level(logging.WARNING):
+        out2 = write_video(tmp_path / "out2.mp4", iter([np.zeros((25, 16, 16, 3), np.uint8)]), 25,
+                           AudioClip(wav, 16000))
+    assert np.isfinite(read_audio(out2).waveform.numpy()).all()
+    assert any(" 150 " in r.getMessage() for r in caplog.records)
+    assert torch.equal(finite_audio(wav), torch.where(torch.isfinite(wav), wav, torch.zeros(())))
+
+
+def test_audio_with_no_finite_sample_is_refused_naming_the_file(tmp_path):
+    from joygen_core.errors import MediaError
+    from joygen_core.video.io import AudioClip, write_video
+
+    path, raw = _damaged_wav(tmp_path / "all_nan.wav", 16000)
+    raw[1] = np.inf
+    wavfile.write(path, 16000, raw.T)
+    with pytest.raises(MediaError, match=r"all_nan\.wav holds no usable audio: all 32000 of its samples"):
+        read_audio(path)
+    with pytest.raises(MediaError, match="no usable audio"):
+        to_mono_16k(torch.from_numpy(raw), 16000)
+    with pytest.raises(MediaError, match="no usable audio"):
+        write_video(tmp_path / "o.mp4", iter([np.zeros((2, 16, 16, 3), np.uint8)]), 25,
+                    AudioClip(torch.from_numpy(raw), 16000))
+    assert not any(tmp_path.glob("*.mp4")) and not any(tmp_path.glob(".*"))

@@ -72,8 +72,27 @@ def swr_resample(waveform: torch.Tensor, sample_rate: int, target_rate: int, *, 
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32))
 
 
+def finite_audio(waveform: torch.Tensor | np.ndarray, source: str = "The audio") -> torch.Tensor:
+    """[C, T] samples with every NaN / inf sample made silence (0), float32; the input itself when all are finite.
+
+    The one cleaning step both the models' signals and the output track go through. Some non-finite
+    samples: one warning with their count. All of them non-finite: nothing usable is left, a
+    :class:`MediaError` naming ``source`` (a file name, or what the samples are).
+    """
+    wav = torch.as_tensor(waveform).to(torch.float32)
+    bad = ~torch.isfinite(wav)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return wav
+    if n_bad == wav.numel():
+        raise MediaError(f"{source} holds no usable audio: all {n_bad} of its samples are NaN or infinite. "
+                         "Give another audio file (or export this one again).")
+    log.warning("%s holds %d NaN/inf samples (of %d); they are replaced by silence.", source, n_bad, wav.numel())
+    return torch.where(bad, torch.zeros_like(wav), wav)
+
+
 def _checked(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:
-    """[T], [C,T] or [B,C,T] (first batch item) -> finite float32 [C, T]."""
+    """[T], [C,T] or [B,C,T] (first batch item) -> finite float32 [C, T] (:func:`finite_audio`)."""
     wav = torch.as_tensor(waveform)
     if wav.ndim == 3:
         wav = wav[0]
@@ -83,12 +102,7 @@ def _checked(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Ten
         raise MediaError(f"Audio waveform must be [T], [C,T] or [B,C,T]; got shape {tuple(wav.shape)}.")
     if sample_rate is None or int(sample_rate) <= 0:
         raise MediaError(f"Audio sample rate must be a positive integer; got {sample_rate!r}.")
-    wav = wav.to(torch.float32)
-    bad = ~torch.isfinite(wav)
-    if bad.any():
-        log.warning("Audio holds %d NaN/inf samples; they are replaced by silence.", int(bad.sum()))
-        wav = torch.where(bad, torch.zeros_like(wav), wav)
-    return wav
+    return finite_audio(wav)
 
 
 def to_mono_16k(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.Tensor:

@@ -227,7 +227,11 @@ def read_frames(path: Path | str, fps: float | Fraction | None = None, max_frame
 
 
 def read_audio(path: Path | str) -> AudioClip:
-    """Decode the first audio stream of an audio or video file to float32 [C, T] at its own rate."""
+    """Decode the first audio stream of an audio or video file to float32 [C, T] at its own rate.
+
+    NaN / inf samples become silence (one warning); a file with no finite sample is a :class:`MediaError`
+    naming it.
+    """
     import av
 
     path = Path(path)
@@ -258,7 +262,10 @@ def read_audio(path: Path | str) -> AudioClip:
         n = int(round(end_s * rate))
         if 0 < n < data.shape[1]:
             data = data[:, :n]
-    return AudioClip(waveform=torch.from_numpy(np.ascontiguousarray(data)), sample_rate=int(rate))
+    from ..audio.prepare import finite_audio
+
+    wav = finite_audio(torch.from_numpy(np.ascontiguousarray(data)), str(path))
+    return AudioClip(waveform=wav, sample_rate=int(rate))
 
 
 def _even(x: int) -> int:
@@ -307,16 +314,18 @@ def write_video(
             a_pos = 0
             a_rate = 0
             if audio is not None:
+                from ..audio.prepare import finite_audio, swr_resample
+
                 a_rate = int(audio.sample_rate)
+                # the models' cleaning (NaN / inf -> silence): the AAC encoder refuses non-finite samples
+                wav = finite_audio(audio.waveform.detach().cpu(), f"The audio track for {path.name}")
                 aac_rate = a_rate in AAC_RATES
                 if not aac_rate or audio.channels > 2:  # resampled / downmixed to stereo as ffmpeg would
-                    from ..audio.prepare import swr_resample
-
                     to_rate = a_rate if aac_rate else 48000
-                    audio = AudioClip(swr_resample(audio.waveform, a_rate, to_rate,
-                                                   channels=min(audio.channels, 2)), to_rate)
+                    wav = swr_resample(wav, a_rate, to_rate, channels=min(audio.channels, 2))
                     a_rate = to_rate
-                a_data = np.ascontiguousarray(audio.waveform.detach().cpu().numpy().astype(np.float32, copy=False))
+                a_data = np.ascontiguousarray(np.clip(wav.numpy(), -1.0, 1.0), dtype=np.float32)
+                del wav
                 layout = "stereo" if a_data.shape[0] == 2 else "mono"
                 astream = container.add_stream("aac", rate=a_rate, layout=layout)
                 astream.bit_rate = 192000
