@@ -12,7 +12,7 @@ import pickle
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -78,9 +78,19 @@ def default_model_dirs() -> list[Path]:
     return [Path("models") / "joygen"]
 
 
-def _check_relative(name: str) -> Path:
-    rel = Path(name)
-    if not name or rel.is_absolute() or rel.drive or ".." in rel.parts:
+def check_name(name: str) -> PurePosixPath:
+    """A model name from a workflow or the command line as a plain relative path; UnsafePathError otherwise.
+
+    Refused: empty names, absolute paths, drive letters and UNC paths, ``..`` parts, ``:`` (drive-relative and
+    alternate-stream names on Windows) and NUL. Backslashes count as separators, so a Windows-style
+    ``sub\\..\\x`` is judged like ``sub/../x``. Only the NAME is judged: symlinks inside the folder are the
+    owner's choice and are followed.
+    """
+    norm = name.replace("\\", "/") if isinstance(name, str) else ""
+    rel = PurePosixPath(norm)
+    win = PureWindowsPath(name) if isinstance(name, str) else None
+    if (not norm.strip() or "\x00" in norm or rel.is_absolute() or win is None or win.drive or win.root
+            or any(part == ".." or ":" in part for part in rel.parts)):
         raise UnsafePathError(
             f"Model name {name!r} is not a plain relative path inside the joygen model folder; "
             "pick a file listed by the loader node instead."
@@ -89,20 +99,22 @@ def _check_relative(name: str) -> Path:
 
 
 def resolve_in(root: Path | str, name: str) -> Path:
-    """``root / name`` with symlinks followed, refused unless it stays inside ``root``."""
-    rel = _check_relative(name)
-    root_real = Path(root).resolve()
-    target = (root_real / rel).resolve()
-    if target != root_real and root_real not in target.parents:
-        raise UnsafePathError(f"Model name {name!r} resolves to {target}, outside the model folder {root_real}.")
-    return target
+    """``root / name`` for a checked name (:func:`check_name`), symlinks kept as they are.
+
+    The path is not resolved: a file or folder the owner symlinked into the model folder (weights on another
+    disk, the Hugging Face cache, a shared bundle) loads from wherever it points, under the name it has here
+    (a cache blob has no ``.safetensors`` suffix of its own).
+    """
+    rel = check_name(name)
+    return Path(root).expanduser().absolute().joinpath(*rel.parts)
 
 
 class ModelStore:
     """The model folder(s) holding the official ``pretrained_models`` layout.
 
     Several roots are allowed (ComfyUI's ``models/joygen`` plus extra_model_paths.yaml entries);
-    a name is looked up in each in order, and never resolves outside the root that holds it.
+    a name is looked up in each in order. Names are confined (:func:`check_name`); symlinks placed in a root
+    are followed, as ComfyUI's own model folders do.
     """
 
     def __init__(self, roots: Sequence[Path | str] | Path | str | None = None):
@@ -116,11 +128,23 @@ class ModelStore:
         return f"ModelStore({[str(r) for r in self.roots]})"
 
     def find(self, name: str) -> Path | None:
-        """The first existing ``root/name`` (safely resolved), or None."""
+        """The first existing ``root/name`` (name checked, symlinks followed), or None."""
         for root in self.roots:
             target = resolve_in(root, name)
             if target.exists():
                 return target
+        return None
+
+    def _broken_link(self, name: str) -> Path | None:
+        """``root/name`` (or a folder on its way) that is a symlink to nothing, in the first root holding one."""
+        parts = check_name(name).parts
+        for root in self.roots:
+            for depth in range(1, len(parts) + 1):
+                p = resolve_in(root, "/".join(parts[:depth]))
+                if p.is_symlink() and not p.exists():
+                    return p
+                if not p.exists():
+                    break
         return None
 
     def path(self, key_or_name: str) -> Path:
@@ -138,26 +162,47 @@ class ModelStore:
             )
         where = entry.source if entry else BUNDLE_URL
         what = f" ({entry.purpose})" if entry else ""
+        broken = self._broken_link(name)
+        if broken is not None:
+            raise ModelFileError(
+                f"Model file {name!r}{what}: {broken} is a symlink to {os.readlink(broken)}, which does not exist. "
+                f"Point the link at the file again (is its disk mounted?), or put the file there. Get it from: {where}."
+            )
         raise ModelFileError(
             f"Missing model file {name!r}{what}. Expected at {self.roots[0] / name}. Get it from: {where}. "
             "Run `python -m joygen_core models` to see every expected file."
         )
 
     def list_files(self, suffixes: Iterable[str] = (), under: str = "") -> list[str]:
-        """Relative names of files under the roots (for loader drop-downs), sorted, symlinks out excluded."""
+        """Relative names of files under the roots (for loader drop-downs), sorted.
+
+        Symlinked files and folders are followed wherever they point (a link back to a folder it sits in is not
+        walked again, so it cannot loop); hidden folders (``.git``, ``.cache``) are skipped.
+        """
         suffixes = tuple(suffixes)
         names: set[str] = set()
         for root in self.roots:
-            base = root / under if under else root
+            base = resolve_in(root, under) if under else Path(root).expanduser().absolute()
             if not base.is_dir():
                 continue
-            root_real = root.resolve()
-            for p in base.rglob("*"):
-                real = p.resolve()
-                if root_real not in real.parents:
+            root_abs = Path(root).expanduser().absolute()
+            ancestors: dict[str, frozenset[tuple[int, int]]] = {}  # folder -> the real folders above it, itself too
+            for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+                try:
+                    st = os.stat(dirpath)
+                except OSError:
+                    dirnames[:] = []
                     continue
-                if p.is_file() and (not suffixes or p.name.endswith(suffixes)):
-                    names.add(p.relative_to(root).as_posix())
+                above = ancestors.get(os.path.dirname(dirpath), frozenset())
+                if (st.st_dev, st.st_ino) in above:
+                    dirnames[:] = []
+                    continue
+                ancestors[dirpath] = above | {(st.st_dev, st.st_ino)}
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for fname in filenames:
+                    p = Path(dirpath) / fname
+                    if (not suffixes or fname.endswith(suffixes)) and p.is_file():
+                        names.add(p.relative_to(root_abs).as_posix())
         return sorted(names)
 
     def list_folders(self, marker: str = "config.json") -> list[str]:

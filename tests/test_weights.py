@@ -84,7 +84,9 @@ def test_corrupt_safetensors(tmp_path):
         load_checkpoint(bad)
 
 
-@pytest.mark.parametrize("name", ["../secret.pth", "BFM/../../secret.pth", "/etc/passwd", ""])
+@pytest.mark.parametrize("name", ["../secret.pth", "BFM/../../secret.pth", "sub/../../etc/passwd", "/etc/passwd",
+                                  "", " ", "C:\\x", "C:x", "C:/Windows/x", "sub\\..\\..\\secret.pth",
+                                  "\\\\server\\share\\x", "\\secret.pth", "a.pth:stream", "a\x00.pth"])
 def test_names_cannot_escape_the_model_folder(tmp_path, name):
     root = tmp_path / "joygen"
     root.mkdir()
@@ -95,21 +97,76 @@ def test_names_cannot_escape_the_model_folder(tmp_path, name):
         ModelStore(root).path(name)
 
 
-def test_symlink_out_of_folder_is_refused_but_inside_is_fine(tmp_path):
+def test_symlinks_placed_in_the_folder_are_followed_and_listed(tmp_path):
+    # the owner's weights live elsewhere (another disk, a shared bundle): a file and a sub-folder symlinked in
+    elsewhere = tmp_path / "other_disk"
+    (elsewhere / "hubert").mkdir(parents=True)
+    (elsewhere / "tiny.pt").write_bytes(b"x")
+    (elsewhere / "hubert" / "config.json").write_text("{}")
+    (elsewhere / "hubert" / "model.safetensors").write_bytes(b"y")
     root = tmp_path / "joygen"
     (root / "whisper").mkdir(parents=True)
-    outside = tmp_path / "outside.pt"
-    outside.write_bytes(b"x")
-    (root / "whisper" / "tiny.pt").symlink_to(outside)
-    with pytest.raises(UnsafePathError, match="outside the model folder"):
-        ModelStore(root).path("whisper")
-    with pytest.raises(UnsafePathError):
-        ModelStore(root).path("whisper/tiny.pt")
-    inner = root / "real.pt"
-    inner.write_bytes(b"y")
-    (root / "link.pt").symlink_to(inner)
-    assert ModelStore(root).path("link.pt") == inner.resolve()
-    assert "whisper/tiny.pt" not in ModelStore(root).list_files()
+    (root / "whisper" / "tiny.pt").symlink_to(elsewhere / "tiny.pt")
+    (root / "audio2motion").mkdir()
+    (root / "audio2motion" / "hubert").symlink_to(elsewhere / "hubert", target_is_directory=True)
+    (root / "real.pt").write_bytes(b"z")
+    (root / "link.pt").symlink_to(root / "real.pt")
+    store = ModelStore(root)
+    assert store.path("whisper") == root / "whisper" / "tiny.pt"  # the name here, not the blob it points to
+    assert store.path("whisper").read_bytes() == b"x"
+    assert store.path("hubert") == root / "audio2motion" / "hubert"
+    assert store.path("audio2motion/hubert/model.safetensors").read_bytes() == b"y"
+    assert store.path("link.pt").read_bytes() == b"z"
+    assert store.list_files((".pt",)) == ["link.pt", "real.pt", "whisper/tiny.pt"]
+    assert "audio2motion/hubert/model.safetensors" in store.list_files()
+    assert store.list_folders() == ["audio2motion/hubert"]
+    assert resolve_in(root, "whisper/tiny.pt") == root / "whisper" / "tiny.pt"
+
+
+def test_symlink_loops_and_broken_links(tmp_path):
+    root = tmp_path / "joygen"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.pth").write_bytes(b"x")
+    (root / "sub" / "again").symlink_to(root, target_is_directory=True)  # a loop back to the root
+    (root / "sub" / "twin").symlink_to(root / "sub", target_is_directory=True)  # itself
+    (root / "gone.pth").symlink_to(tmp_path / "unmounted" / "gone.pth")
+    (root / "gone_dir").symlink_to(tmp_path / "unmounted" / "folder", target_is_directory=True)
+    store = ModelStore(root)
+    assert store.list_files((".pth",)) == ["sub/a.pth"]  # finite, and the dangling link is not offered
+    with pytest.raises(ModelFileError, match="is a symlink to .*unmounted.*which does not exist"):
+        store.path("gone.pth")
+    with pytest.raises(ModelFileError, match="gone_dir is a symlink to .*which does not exist"):
+        store.path("gone_dir/x.pth")
+
+
+def test_loaders_work_through_symlinks_to_the_hf_cache_and_another_disk(models_dir, tmp_path):
+    """A HuBERT folder inside a Hugging Face cache (files are links to hash-named blobs, no suffix), the
+    audio-to-motion folder and Whisper file on another disk: all load through the store by their names here."""
+    from joygen_core.audio.hubert import load_hubert
+    from joygen_core.audio.whisper import load_whisper_encoder
+    from joygen_core.motion.a2m import load_a2m
+
+    cache = tmp_path / "hf_cache" / "models--facebook--hubert-large-ls960-ft"
+    snapshot = cache / "snapshots" / "0123abcd"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, f in enumerate(sorted((models_dir / "audio2motion" / "hubert").iterdir())):
+        blob = cache / "blobs" / f"{i:02d}deadbeef"
+        blob.write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    root = tmp_path / "joygen"
+    (root / "audio2motion").mkdir(parents=True)
+    (root / "audio2motion" / "hubert").symlink_to(snapshot, target_is_directory=True)
+    a2m = "audio2motion/240210_real3dportrait_orig"
+    (root / a2m).symlink_to(models_dir / a2m, target_is_directory=True)
+    (root / "whisper").mkdir()
+    (root / "whisper" / "tiny.pt").symlink_to(models_dir / "whisper" / "tiny.pt")
+    store = ModelStore(root)
+    assert load_hubert(store.path("hubert")).config.hidden_size == 1024
+    assert load_a2m(store.path("a2m"), store.path("a2m_config")) is not None
+    assert load_whisper_encoder(store.path("whisper")).config.d_model == 384
+    assert "audio2motion/hubert" in store.list_folders()
+    assert any(n.endswith("model_ckpt_steps_400000.ckpt") for n in store.list_files((".ckpt",), under="audio2motion"))
 
 
 def test_missing_folder_and_file_messages(tmp_path):
@@ -129,9 +186,9 @@ def test_store_searches_roots_in_order(tmp_path):
     (b / "whisper").mkdir(parents=True)
     (b / "whisper" / "tiny.pt").write_bytes(b"b")
     store = ModelStore([a, b])
-    assert store.path("whisper") == (b / "whisper" / "tiny.pt").resolve()
+    assert store.path("whisper") == b / "whisper" / "tiny.pt"
     (a / "whisper" / "tiny.pt").write_bytes(b"a")
-    assert store.path("whisper") == (a / "whisper" / "tiny.pt").resolve()
+    assert store.path("whisper") == a / "whisper" / "tiny.pt"
 
 
 def test_manifest_covers_the_official_bundle():
