@@ -39,6 +39,8 @@ class VideoInfo:
     has_audio: bool
     variable_frame_rate: bool
     pix_fmt: str
+    start_time: float = 0.0
+    """Seconds: frame i of a constant-rate file is shown at ``start_time + i / fps``."""
 
 
 @dataclass
@@ -104,58 +106,246 @@ def _apply_rotation(arr: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
 
+def _av_error() -> type[Exception]:
+    """PyAV's base error class (``av.FFmpegError``; only ``av.error.FFmpegError`` in older releases)."""
+    import av
+
+    return getattr(av, "FFmpegError", None) or av.error.FFmpegError
+
+
+_WARNED: set[tuple] = set()
+
+
+def _warn_once(path: Path, key: tuple, msg: str, *args) -> None:
+    """One warning per damaged part of a file per process: probe, readers and seeks all meet the same damage."""
+    try:
+        st = path.stat()
+        ident = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        ident = (str(path),)
+    if (ident, key) in _WARNED:
+        return
+    if len(_WARNED) > 4096:
+        _WARNED.clear()
+    _WARNED.add((ident, key))
+    log.warning(msg, *args)
+
+
+class _Damage:
+    """What one decode pass lost: packets the decoder refused (or cut short), and the frame spans held over them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lost = 0
+        self.lost_times: list[float] = []
+        self.read_error: Exception | None = None
+        self.spans: list[tuple[int, int]] = []  # video frame indices filled by holding, inclusive
+        self.gaps: list[tuple[float, float]] = []  # audio seconds filled with silence
+
+    @property
+    def seen(self) -> bool:
+        return self.lost > 0 or self.read_error is not None
+
+    def refused(self, packet, tb: float | None) -> None:
+        self.lost += 1
+        if packet.pts is not None and tb:
+            self.lost_times.append(packet.pts * tb)
+
+    def held(self, first: int, last: int) -> None:
+        if self.spans and self.spans[-1][1] + 1 >= first:
+            self.spans[-1] = (self.spans[-1][0], max(self.spans[-1][1], last))
+        else:
+            self.spans.append((first, last))
+
+    def report_video(self, fps: Fraction, t0: float = 0.0, packets: bool = False) -> None:
+        """One warning naming the frames (and times) that show a held frame; with ``packets``, else the packets
+        lost (a variable-rate stream, where the re-timer holds frames; a cut end is :func:`probe_video`'s)."""
+        if self.spans:
+            rate = float(fps)
+            parts = [f"frames {a}-{b} ({a / rate:.2f}-{(b + 1) / rate:.2f} s)" if b > a
+                     else f"frame {a} ({a / rate:.2f} s)" for a, b in self.spans]
+            _warn_once(self.path, ("video", tuple(self.spans)),
+                       "%s: its video stream is damaged: %s could not be decoded; each shows the last good frame "
+                       "before it, so the timing and frame count stay those of the stream.", self.path,
+                       ", ".join(parts))
+        elif packets and self.lost and self.lost_times:
+            a, b = min(self.lost_times) - t0, max(self.lost_times) - t0
+            _warn_once(self.path, ("video-packets", self.lost, round(a, 3)),
+                       "%s: its video stream is damaged: %d packets between %.2f and %.2f s could not be decoded "
+                       "and were skipped.", self.path, self.lost, a, b)
+
+
+def _safe_decode(container, stream, damage: _Damage) -> Iterator:
+    """Decoded frames of ``stream``, packet by packet, as ffmpeg does: a packet the decoder refuses (or that the
+    file cut short) is skipped and counted in ``damage`` instead of ending the decode; a read error ends the
+    stream there (what was decoded before it is kept)."""
+    error = _av_error()
+    tb = float(stream.time_base) if stream.time_base else None
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except error as exc:
+            damage.read_error = exc
+            break
+        if packet.is_corrupt:  # a partial packet (the file ends inside it): its frame is lost
+            damage.refused(packet, tb)
+            continue
+        try:
+            frames = packet.decode()
+        except error:
+            damage.refused(packet, tb)
+            continue
+        yield from frames
+    try:  # the demuxer gave up: flush what the decoder still holds
+        yield from stream.codec_context.decode(None)
+    except error:
+        pass
+
+
 def probe_video(path: Path | str) -> VideoInfo:
-    """Frame rate (exact), frame count, size (after rotation), duration, audio presence of a video file."""
+    """Frame rate (exact), frame count, size (after rotation), duration, audio presence of a video file.
+
+    The frame count is what :func:`iter_frames` and :class:`FrameReader` deliver: frames whose packets are
+    missing or cut short at the end of a truncated file are not counted (one warning says so).
+    """
     path = Path(path)
+    error = _av_error()
     with _open(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path} has no video stream.")
         stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate:
-            raise MediaError(f"{path}: the video stream has no frame rate.")
-        fps = Fraction(rate.numerator, rate.denominator)
-        fps = as_fraction(fps) if abs(float(fps) - round(float(fps))) > 1e-6 else fps
-        # Count frames by demuxing (no decode): exact even when the header lacks or misstates it.
-        count = 0
-        pts: list[int] = []
-        for packet in container.demux(stream):
-            if packet.size and packet.pts is not None:
-                count += 1
-                if len(pts) < 4096:
-                    pts.append(packet.pts)
-        if count == 0:
-            raise MediaError(f"{path} holds no video frames.")
-        vfr = False
-        if len(pts) > 2 and stream.time_base:
-            d = np.diff(np.sort(np.asarray(pts, dtype=np.float64))) * float(stream.time_base)
-            vfr = bool(d.size and (d.max() - d.min()) > 0.5 / float(fps))
-        container.seek(0)
-        first = next(container.decode(video=0), None)
-        rotation = _rotation(stream, first)
-        w, h = stream.codec_context.width, stream.codec_context.height
-        if rotation in (90, 270):
-            w, h = h, w
-        duration = count / float(fps)
-        if container.duration:
-            duration = min(max(duration, 0.0), container.duration / 1e6) if vfr else duration
-        return VideoInfo(path=path, fps=fps, frame_count=count, width=w, height=h, rotation=rotation,
-                         duration=duration, has_audio=bool(container.streams.audio), variable_frame_rate=vfr,
-                         pix_fmt=str(stream.codec_context.pix_fmt))
+        try:
+            return _probe(path, container, stream, error)
+        except error as exc:
+            raise MediaError(f"Cannot read the video stream of {path} ({exc}). Is it a complete video file?") from exc
 
 
-def _decoded(path: Path | str) -> Iterator[tuple[np.ndarray, float | None]]:
-    """Every frame of the first video stream, upright RGB uint8, with its time in seconds (or None)."""
+def _probe(path: Path, container, stream, error: type[Exception]) -> VideoInfo:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise MediaError(f"{path}: the video stream has no frame rate.")
+    fps = Fraction(rate.numerator, rate.denominator)
+    fps = as_fraction(fps) if abs(float(fps) - round(float(fps))) > 1e-6 else fps
+    tb = float(stream.time_base) if stream.time_base else 0.0
+    # Count frames by demuxing (no decode): exact even when the header lacks or misstates it. Packets cut
+    # short inside the file are counted (the readers hold the frame before them); at its end they are not.
+    count = cut = 0
+    pts: list[int] = []
+    first_pts: int | None = None
+    read_error = None
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except error as exc:
+            read_error = exc
+            break
+        if not packet.size or packet.pts is None or packet.is_discard:
+            continue
+        if packet.is_corrupt:
+            cut += 1
+            continue
+        count += cut + 1
+        cut = 0
+        first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+        if len(pts) < 4096:
+            pts.append(packet.pts)
+    if count == 0:
+        raise MediaError(f"{path} holds no video frames" + (" that can be read." if cut or read_error else "."))
+    vfr = False
+    if len(pts) > 2 and tb:
+        d = np.diff(np.sort(np.asarray(pts, dtype=np.float64))) * tb
+        vfr = bool(d.size and (d.max() - d.min()) > 0.5 / float(fps))
+    announced = int(stream.frames or 0)
+    if cut or read_error is not None:
+        _warn_once(path, ("cut", count), "%s is cut short or damaged at its end: its video stops after frame %d "
+                   "(%.2f s)%s; the rest is missing, so the video ends there.", path, count, count / float(fps),
+                   f" of the {announced} its header announces" if announced > count else "")
+    container.seek(0)
+    damage = _Damage(path)
+    first = next(_safe_decode(container, stream, damage), None)
+    if first is None:
+        raise MediaError(f"{path}: none of its {count} video frames can be decoded (the stream is damaged "
+                         "or in a format this build of ffmpeg cannot decode).")
+    rotation = _rotation(stream, first)
+    w, h = stream.codec_context.width or first.width, stream.codec_context.height or first.height
+    if rotation in (90, 270):
+        w, h = h, w
+    duration = count / float(fps)
+    if container.duration:
+        duration = min(max(duration, 0.0), container.duration / 1e6) if vfr else duration
+    return VideoInfo(path=path, fps=fps, frame_count=count, width=w, height=h, rotation=rotation,
+                     duration=duration, has_audio=bool(container.streams.audio), variable_frame_rate=vfr,
+                     pix_fmt=str(stream.codec_context.pix_fmt),
+                     start_time=float(first_pts * tb) if first_pts is not None and tb else 0.0)
+
+
+def _decoded(path: Path | str, damage: _Damage | None = None) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Every decodable frame of the first video stream, upright RGB uint8, with its time in seconds (or None).
+
+    Packets the decoder refuses are skipped and counted in ``damage``; see :func:`_video_frames` for timing.
+    """
+    damage = damage if damage is not None else _Damage(Path(path))
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
         rotation = None
-        for frame in container.decode(stream):
+        for frame in _safe_decode(container, stream, damage):
             if rotation is None:
                 rotation = _rotation(stream, frame)
             t = frame.pts * tb if (frame.pts is not None and tb) else None
             yield _apply_rotation(frame.to_ndarray(format="rgb24"), rotation), t
+
+
+def _held(frames: Iterable[tuple[np.ndarray, float | None]], fps: Fraction, t0: float, damage: _Damage,
+          first: int = 0, count: int | None = None) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Constant-rate frames at consecutive indices ``first, first+1, ..`` (frame i is shown at t0 + i / fps).
+
+    Once the decode has lost packets, an index the decoder skipped shows the last good frame (the first good
+    one, before any), and a frame for an index already given is dropped, so timing and count stay the stream's;
+    with ``count`` a damaged stream is held to that many frames. An undamaged stream passes unchanged.
+    """
+    rate = float(fps)
+    i = first
+    held: np.ndarray | None = None
+    for arr, t in frames:
+        if damage.seen and t is not None:
+            k = int(round((t - t0) * rate))
+            if k < i:
+                continue
+            if k > i:
+                damage.held(i, k - 1)
+                fill = arr if held is None else held
+                while i < k:
+                    yield fill, t0 + i / rate
+                    i += 1
+        yield arr, t
+        held = arr
+        i += 1
+    if held is not None and count is not None and damage.seen and i < count:
+        damage.held(i, count - 1)
+        while i < count:
+            yield held, t0 + i / rate
+            i += 1
+
+
+def _video_frames(path: Path, info: VideoInfo) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Decoded frames with their times; for a constant-rate file damaged spans are held (:func:`_held`) so
+    exactly ``info.frame_count`` frames come out. One warning names the damaged frames."""
+    damage = _Damage(path)
+    try:
+        if info.variable_frame_rate:  # times carry the timing: the re-timer holds frames across gaps
+            yield from _decoded(path, damage)
+        else:
+            yield from _held(_decoded(path, damage), info.fps, info.start_time, damage, count=info.frame_count)
+    finally:
+        damage.report_video(info.fps, info.start_time, packets=info.variable_frame_rate)
 
 
 def _retimed(frames: Iterator[tuple[np.ndarray, float | None]], fps: Fraction, end_time: float | None
@@ -194,15 +384,17 @@ def iter_frames(
 
     With ``fps`` (or for a variable-frame-rate file) frames are re-timed to that constant rate by
     presentation time, each output frame showing the nearest source frame. ``start`` / ``max_frames``
-    count output frames. Only one chunk is held in memory at a time.
+    count output frames. Only one chunk is held in memory at a time. A damaged stream decodes as ffmpeg
+    decodes it: frames lost inside it show the last good frame (one warning names them), a cut file ends early.
     """
     info = probe_video(path)
     target = as_fraction(fps) if fps is not None else (info.fps if info.variable_frame_rate else None)
     source: Iterator[np.ndarray]
     if target is None:
-        source = (arr for arr, _ in _decoded(path))
+        source = (arr for arr, _ in _video_frames(info.path, info))
     else:
-        source = _retimed(_decoded(path), target, info.duration if not info.variable_frame_rate else None)
+        source = _retimed(_video_frames(info.path, info), target,
+                          info.duration if not info.variable_frame_rate else None)
     chunk: list[np.ndarray] = []
     stop = None if max_frames is None else start + max_frames
     for i, arr in enumerate(source):
@@ -229,33 +421,20 @@ def read_frames(path: Path | str, fps: float | Fraction | None = None, max_frame
 def read_audio(path: Path | str) -> AudioClip:
     """Decode the first audio stream of an audio or video file to float32 [C, T] at its own rate.
 
-    NaN / inf samples become silence (one warning); a file with no finite sample is a :class:`MediaError`
-    naming it.
+    Damaged audio decodes as ffmpeg decodes it: packets the decoder refuses become silence of their length
+    (the timing stays), a cut file ends early, NaN / inf samples become silence (one warning for each);
+    a file with no usable sample is a :class:`MediaError` naming it.
     """
-    import av
-
     path = Path(path)
+    error = _av_error()
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(f"{path} has no audio track. Give an audio file, or a video that has sound.")
         stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate or stream.rate
-        channels = stream.codec_context.channels or 1
-        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=rate)
-        parts: list[np.ndarray] = []
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                parts.append(out.to_ndarray())
-        for out in resampler.resample(None):
-            parts.append(out.to_ndarray())
-        # read while open: PyAV 17+ refuses stream properties once the container is closed
-        end_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
-    if not parts:
-        raise MediaError(f"{path}: its audio track holds no samples.")
-    data = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
-    del parts
-    if data.shape[1] == 0:
-        raise MediaError(f"{path}: its audio track holds no samples.")
+        try:
+            data, rate, channels, end_s = _decode_audio(path, container, stream)
+        except error as exc:
+            raise MediaError(f"Cannot decode the audio of {path} ({exc}). Is it a complete media file?") from exc
     data = data[:channels] if data.shape[0] >= channels else data
     if end_s is not None:
         # AAC decodes whole 1024-sample frames: the stream duration says where the real samples end.
@@ -266,6 +445,51 @@ def read_audio(path: Path | str) -> AudioClip:
 
     wav = finite_audio(torch.from_numpy(np.ascontiguousarray(data)), str(path))
     return AudioClip(waveform=wav, sample_rate=int(rate))
+
+
+def _decode_audio(path: Path, container, stream) -> tuple[np.ndarray, int, int, float | None]:
+    """(samples [C', T] float32, rate, channel count, the header's end in seconds or None) of an open stream."""
+    import av
+
+    rate = stream.codec_context.sample_rate or stream.rate
+    channels = stream.codec_context.channels or 1
+    resampler = av.AudioResampler(format="fltp", layout=stream.layout.name if stream.layout else None, rate=rate)
+    tb = float(stream.time_base) if stream.time_base else None
+    damage = _Damage(path)
+    parts: list[np.ndarray] = []
+    start = end_t = max(float(stream.start_time * tb), 0.0) if stream.start_time is not None and tb else 0.0
+    for frame in _safe_decode(container, stream, damage):
+        t = frame.pts * tb if frame.pts is not None and tb else None
+        if damage.seen and t is not None and round((t - end_t) * rate) > 0:
+            # packets lost before this frame: silence of their length keeps the rest in time
+            damage.gaps.append((end_t, t))
+            rows = len(stream.layout.channels) if stream.layout else channels
+            parts.append(np.zeros((rows, int(round((t - end_t) * rate))), np.float32))
+        for out in resampler.resample(frame):
+            parts.append(out.to_ndarray())
+        if t is not None:
+            end_t = t + frame.samples / float(frame.sample_rate or rate)
+    for out in resampler.resample(None):
+        parts.append(out.to_ndarray())
+    # read while open: PyAV 17+ refuses stream properties once the container is closed
+    end_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
+    if not parts:
+        why = " that can be decoded (the file is damaged)" if damage.seen else ""
+        raise MediaError(f"{path}: its audio track holds no samples{why}.")
+    data = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+    del parts
+    if data.shape[1] == 0:
+        raise MediaError(f"{path}: its audio track holds no samples.")
+    if damage.gaps:
+        spans = ", ".join(f"{a:.2f}-{b:.2f} s" for a, b in damage.gaps)
+        _warn_once(path, ("audio", tuple(damage.gaps)), "%s: its audio track is damaged: %s could not be decoded "
+                   "and is silence (the rest keeps its timing).", path, spans)
+    # an MP4's sample tables give the exact length (elsewhere a header's duration may be an estimate)
+    exact = "mp4" in (container.format.name or "")
+    if (damage.seen or exact) and end_s is not None and end_s - (end_t - start) > 0.05:
+        _warn_once(path, ("audio-cut", round(end_t, 3)), "%s is cut short or damaged at its end: its audio stops "
+                   "at %.2f s of the %.2f s its header announces.", path, end_t - start, end_s)
+    return data, int(rate), int(channels), end_s
 
 
 def _even(x: int) -> int:
@@ -411,9 +635,10 @@ class FrameReader:
         self._container = None
         self._frames: Iterator[np.ndarray] | None = None
         self._pos = 0  # index of the next frame the iterator yields
-        self._first_pts: float | None = None
 
     def close(self) -> None:
+        if self._frames is not None and hasattr(self._frames, "close"):
+            self._frames.close()  # ends the decode pass (its damage warning, its container)
         if self._container is not None:
             self._container.close()
         self._container, self._frames = None, None
@@ -424,48 +649,53 @@ class FrameReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _from_start(self) -> None:
+        self.close()
+        frames = _video_frames(self.path, self.info)
+        if self.info.variable_frame_rate:
+            self._frames = iter(_retimed(frames, self.info.fps, None))
+        else:
+            self._frames = (arr for arr, _ in frames)
+        self._pos = 0
+
     def _start(self, index: int) -> None:
         """Position the decoder so the next frame yielded has an index <= ``index``."""
-        self.close()
-        if self.info.variable_frame_rate:
-            self._frames = iter(_retimed(_decoded(self.path), self.info.fps, None))
-            self._pos = 0
+        if self.info.variable_frame_rate or index == 0:
+            self._from_start()
             return
-        import av
-
-        container = av.open(str(self.path))
+        self.close()
+        info, fps = self.info, float(self.info.fps)
+        container = _open(self.path)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         tb = float(stream.time_base)
-        if self._first_pts is None:
-            first = next(container.decode(stream), None)
-            self._first_pts = float(first.pts * tb) if first is not None and first.pts is not None else 0.0
-        t = self._first_pts + index / float(self.info.fps)
-        container.seek(max(int(t / tb) - 1, 0), stream=stream, backward=True, any_frame=False)
-        self._container = container
-        fps = float(self.info.fps)
-        rotation = self.info.rotation
-        state = {"pos": None}
-
-        def gen() -> Iterator[np.ndarray]:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                i = int(round((float(frame.pts * tb) - self._first_pts) * fps))
-                if state["pos"] is None:
-                    state["pos"] = i
-                yield _apply_rotation(frame.to_ndarray(format="rgb24"), rotation)
-
-        it = gen()
-        head = next(it, None)
-        self._pos = state["pos"] if state["pos"] is not None else index
-        if self._pos > index:  # the seek overshot (no key frame where expected): decode from the start
+        rotation = info.rotation
+        damage = _Damage(self.path)
+        try:
+            container.seek(max(int((info.start_time + index / fps) / tb) - 1, 0), stream=stream, backward=True,
+                           any_frame=False)
+            decoded = ((_apply_rotation(f.to_ndarray(format="rgb24"), rotation), float(f.pts * tb))
+                       for f in _safe_decode(container, stream, damage) if f.pts is not None)
+            head = next(decoded, None)
+        except _av_error():
+            head = None
+        k = int(round((head[1] - info.start_time) * fps)) if head is not None else index + 1
+        if k > index:  # the seek overshot (no key frame where expected, or damage there): decode from the start
             container.close()
-            self._container = None
-            self._frames = (arr for arr, _ in _decoded(self.path))
-            self._pos = 0
+            self._from_start()
             return
-        self._frames = _prepend(head, it) if head is not None else it
+        self._container = container
+
+        def frames() -> Iterator[np.ndarray]:
+            try:
+                for arr, _ in _held(_prepend(head, decoded), info.fps, info.start_time, damage, first=k,
+                                    count=info.frame_count):
+                    yield arr
+            finally:
+                damage.report_video(info.fps, info.start_time)
+
+        self._frames = frames()
+        self._pos = k
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start .. stop-1`` (clamped to the video) as uint8 [n,H,W,3]."""
@@ -485,6 +715,6 @@ class FrameReader:
         return np.stack(out)
 
 
-def _prepend(head: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+def _prepend(head, rest: Iterator) -> Iterator:
     yield head
     yield from rest
