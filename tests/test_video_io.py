@@ -14,6 +14,7 @@ from joygen_core.audio.prepare import to_mono_16k
 from joygen_core.errors import MediaError
 from joygen_core.video.io import (
     AudioClip,
+    FrameReader,
     as_fraction,
     iter_frames,
     probe_video,
@@ -187,3 +188,90 @@ def test_surround_audio_is_written_as_a_stereo_downmix(tmp_path):
     assert clip.channels == 2 and clip.sample_rate == rate
     left, right = clip.waveform[0, 2000:-2000], clip.waveform[1, 2000:-2000]
     assert left.abs().max() > 0.2 and right.abs().max() < 0.01
+
+
+def test_odd_frame_size_is_padded_by_its_last_row_and_column(tmp_path, caplog):
+    """719x541: H.264 4:2:0 stores only even sizes (x264 refuses an odd crop too), so 720x542 comes out with
+    the picture unchanged in its top-left corner, the extra column / row repeating the last ones; one warning."""
+    import logging
+
+    y, x = np.mgrid[0:541, 0:719].astype(np.float32)
+    smooth = np.stack([128 + 100 * np.sin(x / 37), 128 + 100 * np.cos(y / 23), (x + y) / 1260 * 255], -1)
+    frames = np.repeat(smooth.astype(np.uint8)[None], 3, 0)
+    frames[1] = frames[1, :, ::-1]  # frames differ, so each is checked
+    with caplog.at_level(logging.WARNING):
+        out = write_video(tmp_path / "odd.mp4", iter([frames]), 25, crf=0)
+    assert sum("719x541 is odd" in r.getMessage() and "720x542" in r.getMessage() for r in caplog.records) == 1
+    info = probe_video(out)
+    assert (info.width, info.height, info.frame_count) == (720, 542, 3)
+    back = read_frames(out).astype(np.float64)
+    err = back[:, :541, :719] - frames
+    assert 10 * np.log10(255 ** 2 / np.mean(err ** 2)) > 35  # PSNR: only the 4:2:0 chroma sampling is lost
+    assert np.abs(back[:, :541, 719] - back[:, :541, 718]).mean() < 3  # the repeated column
+    assert np.abs(back[:, 541, :719] - back[:, 540, :719]).mean() < 3  # the repeated row
+
+
+def test_grayscale_and_ten_bit_videos_read_as_rgb(tmp_path):
+    """A gray pix_fmt video (PNG in MOV decodes to gray) and H.264 4:0:0 come back as RGB with three equal
+    channels; 10-bit 4:2:0 comes back as 8-bit RGB. FrameReader agrees with read_frames on each."""
+    rng = np.random.default_rng(3)
+    gray = np.repeat(rng.integers(0, 255, (4, 8, 8), dtype=np.uint8).repeat(4, 1).repeat(4, 2)[..., None], 3, -1)
+    png = tmp_path / "gray.mov"
+    with av.open(str(png), "w") as c:
+        s = c.add_stream("png", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "gray"
+        for i, arr in enumerate(gray):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[..., 0]), format="gray")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe_video(png)
+    assert info.pix_fmt == "gray" and info.frame_count == 4
+    np.testing.assert_array_equal(read_frames(png), gray)  # lossless: exact
+    color = np.stack([np.full((32, 32, 3), (200, 40, 90), np.uint8), np.full((32, 32, 3), (30, 160, 220), np.uint8)])
+    luma = _raw_video(tmp_path / "y400.mp4", color, [0, 1], Fraction(1, 25), pix_fmt="gray")
+    out = read_frames(luma)
+    assert out.shape == (2, 32, 32, 3) and (out[..., 0] == out[..., 2]).all()
+    assert out[0].mean() != out[1].mean()
+    ten = _raw_video(tmp_path / "ten.mp4", color, [0, 1], Fraction(1, 25), pix_fmt="yuv420p10le")
+    assert probe_video(ten).pix_fmt == "yuv420p10le"
+    back = read_frames(ten)
+    assert back.dtype == np.uint8 and np.abs(back.astype(int) - color.astype(int)).max() < 8
+    for path in (png, luma, ten):
+        with FrameReader(path) as reader:
+            np.testing.assert_array_equal(reader.read(1, 2), read_frames(path)[1:2])
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_low_rate_and_silent_driving_audio_make_an_output_track(tmp_path, rate):
+    """8 kHz speech keeps its rate in the AAC track; pure silence is valid audio (not refused), silent out."""
+    for name, clip in (("tone", _tone(1.0, rate, 1)), ("silence", AudioClip(torch.zeros(1, rate), rate))):
+        out = write_video(tmp_path / f"{name}.mp4", iter([np.zeros((25, 16, 16, 3), np.uint8)]), 25, clip)
+        back = read_audio(out)
+        assert back.sample_rate == rate and abs(back.duration - 1.0) < 0.01
+        assert to_mono_16k(back.waveform, back.sample_rate).shape == (16000,)
+        peak = float(back.waveform.abs().max())
+        assert peak < 1e-4 if name == "silence" else peak > 0.3
+
+
+def test_mp3_driving_audio_decodes_to_its_length_in_place(tmp_path):
+    """MP3 (libmp3lame, as PyAV's 'mp3' encoder is here): the encoder delay is trimmed, the tone stays in place."""
+    rate, seconds = 44100, 3
+    clip = _tone(seconds, rate, 2)
+    path = tmp_path / "speech.mp3"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mp3", rate=rate, layout="stereo")
+        wav = clip.waveform.numpy()
+        for i in range(0, wav.shape[1], 1152):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav[:, i:i + 1152]), format="fltp", layout="stereo")
+            f.sample_rate, f.pts = rate, i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    back = read_audio(path)
+    assert back.sample_rate == rate and back.channels == 2 and abs(back.duration - seconds) < 0.002
+    a, b = back.waveform[0, rate:2 * rate].numpy(), clip.waveform[0, rate:2 * rate].numpy()
+    assert np.corrcoef(a, b)[0, 1] > 0.99  # not shifted by the encoder's delay

@@ -590,8 +590,10 @@ def write_video(
                     vstream.pix_fmt = "yuv420p"
                     vstream.options = {"crf": str(int(crf)), "preset": preset}
                     if h % 2 or w % 2:
-                        log.warning("Frame size %dx%d is odd; padded to %dx%d for H.264 yuv420p.", w, h,
-                                    _even(w), _even(h))
+                        edge = "column and row" if w % 2 and h % 2 else ("column" if w % 2 else "row")
+                        log.warning("Frame size %dx%d is odd: H.264 in 4:2:0 (yuv420p, the format players play) "
+                                    "stores only even sizes, so %s is %dx%d, its last %s repeated.", w, h, path.name,
+                                    _even(w), _even(h), edge)
                     size = (h, w)
                 elif chunk.shape[1:3] != size:
                     raise MediaError(f"Frame size changed mid-video: {size} then {chunk.shape[1:3]}.")
