@@ -6,14 +6,17 @@ and :func:`load_checkpoint` (a file -> tensors, never executing pickled code).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -244,44 +247,349 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
+# ----------------------------------------------------------------------------------------- damaged weight files
+#
+# One classifier for every loader (ours, transformers', diffusers'): an exception raised while reading a weight
+# file becomes ONE ModelFileError naming the file, what is wrong with it and what to do. The file itself is
+# inspected (safetensors header against the file size; zip directory; the pickle's opcodes, read without
+# executing anything), so the verdict does not depend on the wording of a library's message.
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b")
+_TORCH_GLOBAL = re.compile(r"GLOBAL (\S+?)(?: was not an allowed global| whose module|\s|$)")
+_TORCH_PREFIX = re.compile(r"^(?:Weights only load failed\.\s*|.*WeightsUnpickler error:\s*)+")
+_TORCH_NOISE = ("In PyTorch 2.6", "This file can still be loaded", "(1)", "(2)",
+                "Check the documentation of torch.load", "Re-running `torch.load`")
+_ALLOWLIST_ADVICE = re.compile(r"\s*Please use `torch\.serialization\.add_safe_globals.*$")
+_UNSAFE_ADVICE = re.compile(r"weights_only`?\s*(?:set to\s*`?|=\s*)False")
+_TRUNCATED_WORDS = ("eof", "truncated", "ran out of input", "central directory", "file not fully covered",
+                    "unexpected end", "incomplete", "could not read bytes", "not fully written")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+               "STRING"}
+_NEUTRAL_OPS = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"}
+_RISKY_MODULES = {"os", "posix", "nt", "subprocess", "builtins", "__builtin__", "sys", "shutil", "socket", "runpy",
+                  "importlib", "pty", "ctypes", "code", "pickle", "marshal", "types", "webbrowser"}
+_LFS_PREFIX = b"version https://git-lfs"
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit
+
+
+def clean_message(text: object, limit: int = 300) -> str:
+    """A library's error text fit for our messages: one line, no ANSI escapes, no advice to unpickle unsafely.
+
+    torch's weights-only messages wrap the one line that matters (the refused global, the bad opcode) in advice
+    to load with ``weights_only=False``; only that line is kept.
+    """
+    kept = []
+    for line in str(text).splitlines():
+        line = _ALLOWLIST_ADVICE.sub("", _TORCH_PREFIX.sub("", _ANSI.sub("", line).strip())).strip()
+        if line and not line.startswith(_TORCH_NOISE) and not _UNSAFE_ADVICE.search(line):
+            kept.append(line)
+    out = kept[-1] if kept else ""
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Damage:
+    """What is wrong with a weight file: ``kind`` is truncated / corrupt / code / lfs / empty."""
+
+    kind: str
+    detail: str
+
+
+def _allowed_globals(extra: Sequence[Any] = ()) -> tuple[set[str], bool]:
+    """The globals torch's weights-only unpickler accepts (plus ``extra``); False when torch's list is unknown."""
+    names = {f"{o.__module__}.{getattr(o, '__qualname__', getattr(o, '__name__', ''))}" for o in extra}
+    try:
+        from torch import _weights_only_unpickler as wou
+
+        names |= set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+        return names, True
+    except (ImportError, AttributeError):  # pragma: no cover - a torch without this private table
+        return names, False
+
+
+def _os_alias(name: str) -> str:
+    """``posix.system`` -> ``posix.system, that is os.system``: os functions live in posix / nt."""
+    module, _, attr = name.rpartition(".")
+    return f"{name}, that is os.{attr}" if module in ("posix", "nt") else name
+
+
+def _scan_pickles(stream, size: int, allowed: set[str], known: bool, count: int) -> Damage | None:
+    """Read up to ``count`` consecutive pickles (the legacy torch container holds five) without executing them."""
+    import pickletools
+
+    found: list[str] = []
+    for _ in range(count):
+        start = stream.tell()
+        if stream.read(1) != b"\x80":  # every torch pickle starts with PROTO
+            break
+        stream.seek(start)
+        recent: list[object] = []
+        memo: dict[int, object] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                name = op.name
+                if name in _STRING_OPS:
+                    recent.append(arg)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = recent[-1] if recent else None
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = recent[-1] if recent else None
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    recent.append(memo.get(arg))
+                elif name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                    recent.append(None)
+                elif name == "STACK_GLOBAL":
+                    mod, qual = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
+                    named = isinstance(mod, str) and isinstance(qual, str)
+                    found.append(f"{mod}.{qual}" if named else "a global it names indirectly")
+                    recent.append(None)
+                elif name not in _NEUTRAL_OPS:
+                    recent.append(None)
+                del recent[:-2]
+        except ValueError as exc:
+            if stream.tell() >= size or "exhausted" in str(exc) or "remain" in str(exc) or "not enough" in str(exc):
+                return Damage("truncated", f"its data stops after {size} bytes, in the middle of a pickle")
+            return Damage("corrupt", f"invalid pickle data at byte {stream.tell()}")
+    bad = [g for g in found if g not in allowed and not (not known and g.startswith(("torch.", "collections.")))]
+    if not bad:
+        return None
+    # the most telling first: a shell / import / eval call before, say, a tensor pickled the plain way
+    bad = sorted(dict.fromkeys(bad), key=lambda g: g.split(".")[0] not in _RISKY_MODULES)
+    return Damage("code", "it calls " + _os_alias(bad[0]) + (f"; also {', '.join(bad[1:3])}" if len(bad) > 1 else ""))
+
+
+def _inspect_safetensors(path: Path, size: int) -> Damage | None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return Damage("truncated", f"{size} bytes, shorter than the 8-byte safetensors header length")
+        n = int.from_bytes(head, "little")
+        if n == 0 or n > _SAFETENSORS_MAX_HEADER:
+            return Damage("corrupt", "its first 8 bytes are not a safetensors header length: not a safetensors file")
+        raw = f.read(n)
+    if len(raw) < n:
+        if raw[:1] == b"{":
+            return Damage("truncated", f"its header needs {n} bytes, the file ends after {len(raw)}")
+        return Damage("corrupt", "its first 8 bytes are not a safetensors header length: not a safetensors file")
+    try:
+        header = json.loads(raw)
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return Damage("corrupt", "its header is not valid safetensors JSON")
+    need, have = max(ends, default=0), size - 8 - n
+    if have < need:
+        return Damage("truncated", f"its header describes {need} bytes of tensor data, the file holds {have}")
+    if have > need:
+        return Damage("corrupt", f"it holds {have - need} bytes more than its header describes")
+    return None
+
+
+def _inspect_torch(path: Path, size: int, allowed: set[str], known: bool) -> Damage | None:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"PK"):  # the zip container of torch.save (torch >= 1.6)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+                if pkl is None:
+                    return Damage("corrupt", "a zip archive without data.pkl: not a PyTorch checkpoint")
+                data = zf.read(pkl)
+        except zipfile.BadZipFile as exc:
+            if "CRC" in str(exc) or "Bad magic" in str(exc):
+                return Damage("corrupt", f"a damaged zip archive ({exc})")
+            return Damage("truncated", "a zip archive whose end, the zip directory, is missing")
+        except (OSError, EOFError) as exc:
+            return Damage("truncated", f"a zip archive that stops early ({exc})")
+        import io
+
+        return _scan_pickles(io.BytesIO(data), len(data), allowed, known, count=1)
+    if magic[:1] == b"\x80":  # a pickle: the legacy torch container (five pickles, then raw storages) or plain
+        with open(path, "rb") as f:
+            return _scan_pickles(f, size, allowed, known, count=5)
+    return Damage("corrupt", "it is neither a PyTorch checkpoint nor a safetensors file: it starts with bytes "
+                             f"{magic.hex(' ')}")
+
+
+def _inspect_npy(path: Path, size: int) -> Damage | None:
+    import numpy as np
+    import numpy.lib.format as npf
+
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            f.seek(0)
+            return Damage("corrupt", f"it is not a .npy file: it starts with bytes {f.read(4).hex(' ')}")
+        f.seek(0)
+        try:
+            version = npf.read_magic(f)
+            shape, _fortran, dtype = (npf.read_array_header_1_0(f) if version == (1, 0)
+                                      else npf.read_array_header_2_0(f))
+        except (ValueError, OSError, EOFError) as exc:
+            return Damage("corrupt", f"its .npy header is unreadable ({clean_message(exc)})")
+        start = f.tell()
+        if dtype.hasobject:  # an object array is a pickle after the header
+            numpy_own = {"numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                         "numpy.dtype"}
+            found = _scan_pickles(f, size, numpy_own, True, count=1)
+            return found or Damage("code", "it is an array of pickled Python objects, not numbers")
+    need = int(dtype.itemsize) * int(np.prod(shape, dtype=np.int64))
+    if size - start < need:
+        return Damage("truncated", f"its header describes {need} bytes of data, the file holds {size - start}")
+    return None
+
+
+def _inspect_mat(path: Path, size: int) -> Damage | None:
+    with open(path, "rb") as f:
+        head = f.read(520)
+    if head.startswith(b"MATLAB") or head[512:520] == b"\x89HDF\r\n\x1a\n":  # v5 header; v7.3 is HDF5
+        return None  # the reader's own error (below) says whether it stops early
+    return Damage("corrupt", f"it is not a MATLAB .mat file: it starts with bytes {head[:4].hex(' ')}")
+
+
+def inspect_weight_file(path: Path | str, allowed: Sequence[Any] = ()) -> Damage | None:
+    """What is wrong with the weight file ``path`` by its own structure, or None when nothing is found.
+
+    Reads headers, the zip directory and the pickle opcodes only; never unpickles, never runs the file's code.
+    ``allowed``: extra objects the caller admits in a pickle (as ``torch.serialization.safe_globals``).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return Damage("empty", "0 bytes")
+    with open(path, "rb") as f:
+        start = f.read(len(_LFS_PREFIX))
+    if start == _LFS_PREFIX:
+        return Damage("lfs", f"{size} bytes of text")
+    if path.name.endswith(".json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Damage("corrupt", f"not valid JSON ({clean_message(exc)})")
+        return None
+    if path.suffix == ".safetensors":
+        return _inspect_safetensors(path, size)
+    if path.suffix == ".npy":
+        return _inspect_npy(path, size)
+    if path.suffix == ".mat":
+        return _inspect_mat(path, size)
+    names, known = _allowed_globals(allowed)
+    return _inspect_torch(path, size, names, known)
+
+
+def _damage_error(path: Path, damage: Damage) -> ModelFileError:
+    if damage.kind == "code":
+        return ModelFileError(
+            f"Refused to load {path}: unpickling it would run code ({damage.detail}), which a weight file "
+            "never needs. Use the official file, or convert it to safetensors."
+        )
+    if damage.kind == "lfs":
+        return ModelFileError(
+            f"Model file {path} is a Git LFS pointer ({damage.detail}), not the weights: download the file itself "
+            "(git lfs pull, or its download link)."
+        )
+    if damage.kind == "empty":
+        return ModelFileError(f"Model file {path} is empty (0 bytes): download it again.")
+    return ModelFileError(f"Model file {path} is {damage.kind} ({damage.detail}); download it again.")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _mark(err: ModelFileError, explained: bool) -> ModelFileError:
+    """Note on ``err`` whether its message says everything (then the library's error is not chained to it)."""
+    err._explained = explained  # type: ignore[attr-defined]
+    return err
+
+
+def weight_file_error(path: Path | str, exc: BaseException, allowed: Sequence[Any] = ()) -> ModelFileError:
+    """The ModelFileError for ``exc``, raised while reading the weight file ``path`` (by any library).
+
+    In order: a global torch's safe unpickler refused (named in its message), the file's own structure
+    (:func:`inspect_weight_file`), transformers' refusal of ``.bin`` files under torch < 2.6, the wording of
+    the error (EOF / truncated -> truncated).
+    """
+    path = Path(path)
+    texts = [str(e) for e in _chain(exc)]
+    err: ModelFileError | None = None
+    for text in texts:
+        m = _TORCH_GLOBAL.search(_ANSI.sub("", text))
+        if m and ("Weights only" in text or "Unsupported global" in text or "blocked" in text):
+            err = _damage_error(path, Damage("code", "it calls " + _os_alias(m.group(1).rstrip("."))))
+            break
+    if err is None:
+        try:
+            damage = inspect_weight_file(path, allowed) if path.is_file() else None
+        except OSError as io_exc:
+            damage = Damage("corrupt", f"unreadable: {clean_message(io_exc)}")
+        if damage is not None:
+            err = _damage_error(path, damage)
+    if err is None and any("CVE-2025-32434" in t or "at least v2.6" in t for t in texts):
+        err = ModelFileError(
+            f"transformers refuses to open {path} with torch {torch.__version__}: it reads .bin files only with "
+            "torch >= 2.6 (CVE-2025-32434). Upgrade torch, or use the model's safetensors file (model.safetensors)."
+        )
+    if err is None and not path.exists():
+        err = ModelFileError(f"Model file {path} does not exist.")
+    if err is not None:
+        return _mark(err, True)
+    detail = clean_message(exc) or type(exc).__name__
+    if any(isinstance(e, EOFError) for e in _chain(exc)) or any(w in t.lower() for t in texts
+                                                               for w in _TRUNCATED_WORDS):
+        return _mark(ModelFileError(f"Model file {path} is truncated ({detail}); download it again."), True)
+    err = ModelFileError(f"Model file {path} could not be read ({type(exc).__name__}: {detail}); download it "
+                         "again, or convert it to safetensors.")
+    return _mark(err, False)
+
+
+def raise_load_error(path: Path | str, exc: BaseException, allowed: Sequence[Any] = ()) -> NoReturn:
+    """Raise :func:`weight_file_error` for ``exc`` (a reader's error on ``path``), for loaders of other formats."""
+    _raise_weight_error(weight_file_error(path, exc, allowed), exc)
+
+
+def _raise_weight_error(err: ModelFileError, exc: BaseException) -> NoReturn:
+    """Raise ``err`` alone when it explains everything, else chained to the library's error for debugging."""
+    if getattr(err, "_explained", False):
+        raise err from None
+    raise err from exc
+
+
+@contextmanager
+def quiet_torch_load():
+    """Hide torch's advice about pickle protocols while a file is read: a failure gets our own clear error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*pickle protocol", category=UserWarning)
+        yield
+
+
 def load_checkpoint(path: Path | str, *, allow_numpy_scalars: bool = False) -> Any:
     """Load a weight file without executing pickled code.
 
     ``.safetensors`` -> a dict of tensors; anything else goes through ``torch.load(weights_only=True)``
-    onto the CPU. A file that needs code execution to unpickle is refused, a truncated or corrupt
-    file gets an error naming it. ``allow_numpy_scalars`` admits numpy scalars stored in training
-    containers (the A2M checkpoint's best-validation value).
+    onto the CPU. A file that needs code execution to unpickle is refused (naming what it would call), a
+    truncated or corrupt file gets an error naming it (:func:`weight_file_error`). ``allow_numpy_scalars`` admits
+    numpy scalars stored in training containers (the A2M checkpoint's best-validation value).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"Model file {path} does not exist.")
     if path.stat().st_size == 0:
         raise ModelFileError(f"Model file {path} is empty (0 bytes): download it again.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:
-            raise ModelFileError(
-                f"Model file {path} is not a valid safetensors file ({exc}); download it again."
-            ) from exc
+    extra = _numpy_safe_globals() if allow_numpy_scalars else []
     try:
-        if allow_numpy_scalars:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "weights_only" in msg:
-            raise ModelFileError(
-                f"Refused to load {path}: unpickling it would execute code or import objects that are not "
-                f"tensors ({msg.splitlines()[-1] if msg else exc!r}). Use the official file, or convert it to "
-                "safetensors."
-            ) from exc
-        raise ModelFileError(f"Model file {path} is corrupt ({exc}); download it again.") from exc
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ModelFileError(f"Model file {path} is truncated or corrupt ({exc}); download it again.") from exc
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        with quiet_torch_load(), torch.serialization.safe_globals(extra):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch / safetensors raise many types for damaged files; all are classified
+        raise_load_error(path, exc, extra)
 
 
 def check_state_dict(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from factory._damage import expect_clear_error, pickle_payload, random_bytes, truncate
 from joygen_core.edit import editor
 from joygen_core.edit.models import load_unet, load_vae, rename_legacy_keys
 from joygen_core.errors import ModelFileError
@@ -71,6 +73,30 @@ def test_wrong_shapes_and_missing_files_name_the_problem(edit_folders, tmp_path)
                                                    "cross_attention_dim": 384}))
     with pytest.raises(ModelFileError, match="holds no UNet weights"):
         load_unet(empty)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "code"])
+@pytest.mark.parametrize("which", ["unet", "vae"])
+def test_damaged_weight_files_name_the_file(edit_folders, tmp_path, which, damage):
+    import shutil
+
+    unet_dir, vae_dir, _ = edit_folders
+    folder = Path(shutil.copytree(unet_dir if which == "unet" else vae_dir, tmp_path / which))
+    load = load_unet if which == "unet" else load_vae
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        truncate(weights)
+    elif damage == "corrupt":
+        weights = random_bytes(weights.with_suffix(".bin"))
+        (folder / "diffusion_pytorch_model.safetensors").unlink()
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+        weights.unlink()
+        weights = pickle_payload(folder / "diffusion_pytorch_model.bin", marker, state=state)
+    expect_clear_error(lambda: load(folder), weights, damage, marker)
 
 
 def test_legacy_rename_only_touches_attention_projections():

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from factory._damage import Exploit, expect_clear_error, random_bytes, truncate
 from joygen_core.errors import ModelFileError
 from joygen_core.morphable import geometry as G
-from joygen_core.morphable.bfm import BFM, build_bfm_front, find_or_build_bfm, load_bfm
+from joygen_core.morphable.bfm import BFM, build_bfm_front, find_or_build_bfm, load_bfm, load_mp468
 from joygen_core.morphable.regressor import ReconNet, load_regressor
 
 
@@ -64,6 +65,21 @@ def test_bfm_missing_keys_and_bad_shapes(tmp_path, models_dir):
         load_bfm(tmp_path / "c.mat")
     with pytest.raises(ModelFileError, match="does not exist"):
         load_bfm(tmp_path / "none.mat")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "code"])
+def test_damaged_bfm_files_are_one_clear_error(tmp_path, models_dir, damage):
+    npy, mat = tmp_path / "index_mp468_from_mesh35709.npy", tmp_path / "BFM_model_front.mat"
+    npy.write_bytes((models_dir / "BFM/index_mp468_from_mesh35709.npy").read_bytes())
+    mat.write_bytes((models_dir / "BFM/BFM_model_front.mat").read_bytes())
+    marker = tmp_path / "pwned"
+    if damage == "code":  # an object array: numpy pickles it after the .npy header
+        np.save(npy, np.array([Exploit(marker)], dtype=object), allow_pickle=True)
+        expect_clear_error(lambda: load_mp468(npy), npy, damage, marker)
+        return
+    change = truncate if damage == "truncated" else random_bytes
+    expect_clear_error(lambda: load_mp468(change(npy)), npy, damage)
+    expect_clear_error(lambda: load_bfm(change(mat)), mat, damage)
 
 
 def test_build_bfm_front_from_sources(tmp_path):

@@ -1,8 +1,7 @@
-"""The weight store: safe loading, path confinement, clear errors for missing / corrupt files."""
+"""The weight store: safe loading, name confinement, symlinks followed, one clear error per damaged file."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -12,37 +11,67 @@ import numpy as np
 import pytest
 import torch
 
+from factory._damage import expect_clear_error, pickle_payload, random_bytes, truncate
 from joygen_core.errors import ModelFileError, UnsafePathError
-from joygen_core.weights import MANIFEST, ModelStore, check_state_dict, load_checkpoint, resolve_in
+from joygen_core.weights import (
+    MANIFEST,
+    ModelStore,
+    check_state_dict,
+    clean_message,
+    load_checkpoint,
+    resolve_in,
+    weight_file_error,
+)
 
 
-class _Exploit:
-    """Unpickling this runs a shell command that leaves a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "pickle"])
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt", ".bin"])
+def test_pickled_code_is_refused_naming_the_global_and_never_runs(tmp_path, fmt, suffix):
     marker = tmp_path / "pwned"
-    bad = tmp_path / "bad.pth"
-    torch.save({"net_recon": {"w": torch.zeros(2)}, "payload": _Exploit(marker)}, bad)
-    with pytest.raises(ModelFileError, match="Refused to load"):
-        load_checkpoint(bad)
-    assert not marker.exists(), "the pickled code was executed"
+    bad = pickle_payload(tmp_path / f"bad{suffix}", marker, fmt, state={"net_recon": {"w": torch.zeros(2)}})
+    msg = expect_clear_error(lambda: load_checkpoint(bad), bad, "code", marker)
+    assert msg.startswith(f"Refused to load {bad}: unpickling it would run code")
 
 
-def test_plain_pickle_of_code_is_refused(tmp_path):
-    marker = tmp_path / "pwned2"
-    bad = tmp_path / "bad.ckpt"
-    with open(bad, "wb") as f:
-        pickle.dump({"state_dict": _Exploit(marker)}, f)
-    with pytest.raises(ModelFileError):
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt", ".bin", ".pt", ".safetensors"])
+def test_random_bytes_are_corrupt_not_code(tmp_path, suffix):
+    bad = random_bytes(tmp_path / f"noise{suffix}")
+    expect_clear_error(lambda: load_checkpoint(bad), bad, "corrupt")
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "safetensors"])
+def test_files_cut_in_half_are_truncated(tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    sd = {"w": torch.randn(64, 64), "b": torch.randn(64)}
+    path = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pth")
+    if fmt == "safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path, _use_new_zipfile_serialization=fmt == "zip")
+    expect_clear_error(lambda: load_checkpoint(truncate(path)), path, "truncated")
+
+
+def test_git_lfs_pointer_is_named(tmp_path):
+    bad = tmp_path / "epoch_20.pth"
+    bad.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+    with pytest.raises(ModelFileError, match="epoch_20.pth is a Git LFS pointer"):
         load_checkpoint(bad)
-    assert not marker.exists()
+
+
+def test_torch_refusal_with_ansi_codes_and_unsafe_advice_becomes_one_plain_message(tmp_path):
+    # torch's wording when a global is not allow-listed: bold ANSI codes and advice to pass weights_only=False
+    raw = ("Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
+           "steps only if you trust the source of the checkpoint\x1b[0m. \n\t(1) Re-running `torch.load` with "
+           "`weights_only` set to `False` will likely succeed, but it can result in arbitrary code execution.\n\t"
+           "WeightsUnpickler error: Unsupported global: GLOBAL posix.system was not an allowed global by default.")
+    f = tmp_path / "x.pth"
+    torch.save({"w": torch.zeros(1)}, f)
+    msg = str(weight_file_error(f, pickle.UnpicklingError(raw)))
+    assert "posix.system, that is os.system" in msg and str(f) in msg
+    assert "\x1b" not in msg and "weights_only" not in msg
+    assert clean_message(raw + "\n\nCheck the documentation of torch.load to learn more") == (
+        "Unsupported global: GLOBAL posix.system was not an allowed global by default.")
 
 
 def test_tensor_files_load(tmp_path):
@@ -61,7 +90,7 @@ def test_numpy_scalars_only_when_allowed(tmp_path):
     path = tmp_path / "a2m.ckpt"
     torch.save({"best_valid": np.float64(0.25), "state_dict": {"model": {}}}, path,
                _use_new_zipfile_serialization=False)
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match="would run code .it calls numpy.*scalar"):
         load_checkpoint(path)
     assert float(load_checkpoint(path, allow_numpy_scalars=True)["best_valid"]) == 0.25
 

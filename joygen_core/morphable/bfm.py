@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
+from ..weights import raise_load_error
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _loadmat(path: Path) -> dict:
     try:
         return loadmat(str(path))
     except Exception as exc:  # scipy raises several types for truncated / foreign files
-        raise ModelFileError(f"{path} is not a readable MATLAB .mat file ({exc}); download it again.") from exc
+        raise_load_error(path, exc)
 
 
 def load_bfm(bfm_mat_path: Path | str, mp468_path: Path | str | None = None) -> BFM:
@@ -132,8 +133,8 @@ def load_mp468(path: Path | str, num_vertices: int = N_VERTS) -> torch.Tensor:
                              "BFM/index_mp468_from_mesh35709.npy in the model folder).")
     try:
         a = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable .npy file ({exc}); download it again.") from exc
+    except Exception as exc:  # numpy's own words advise allow_pickle=True: the shared classifier says what is wrong
+        raise_load_error(path, exc)
     a = np.asarray(a).reshape(-1)
     if a.shape != (468,) or (not np.issubdtype(a.dtype, np.integer) and not np.all(a == np.round(a))):
         raise ModelFileError(f"{path} should hold 468 integer vertex ids; got {a.dtype} {a.shape}.")
