@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import warnings
 import zipfile
@@ -270,6 +271,8 @@ _RISKY_MODULES = {"os", "posix", "nt", "subprocess", "builtins", "__builtin__", 
                   "importlib", "pty", "ctypes", "code", "pickle", "marshal", "types", "webbrowser"}
 _LFS_PREFIX = b"version https://git-lfs"
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors format's own limit
+HF_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 
 
 def clean_message(text: object, limit: int = 300) -> str:
@@ -590,6 +593,119 @@ def load_checkpoint(path: Path | str, *, allow_numpy_scalars: bool = False) -> A
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch / safetensors raise many types for damaged files; all are classified
         raise_load_error(path, exc, extra)
+
+
+# ------------------------------------------------------------------------------------- Hugging Face folders
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' load report and progress bar while loading (our loaders raise clear errors)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_config(folder: Path | str, what: str, where: str = "") -> dict:
+    """``config.json`` of a transformers / diffusers folder; ModelFileError naming the folder when absent or bad."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    hint = f" {where}" if where else ""
+    if not path.is_file():
+        raise ModelFileError(f"{folder} is not a {what} model folder: it has no config.json.{hint}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({clean_message(exc)}); download the {what} folder "
+                             f"again.{hint}") from exc
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path} does not hold a JSON object; download the {what} folder again.{hint}")
+    return config
+
+
+def pretrained_weight_files(folder: Path | str, names: Sequence[str] = HF_WEIGHT_NAMES) -> list[Path]:
+    """The weight file(s) ``from_pretrained`` reads in ``folder``: the first of ``names`` present (safetensors
+    before .bin, as transformers and diffusers prefer); an ``.index.json`` is followed by its shards."""
+    folder = Path(folder)
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return [path]
+        return [path] + [folder / s for s in shards]
+    return []
+
+
+def folder_load_error(folder: Path | str, exc: BaseException, what: str, where: str = "",
+                      names: Sequence[str] = HF_WEIGHT_NAMES) -> ModelFileError:
+    """The ModelFileError for ``exc`` raised by ``from_pretrained(folder)``: naming the weight file inside the
+    folder when that file is the cause (damaged, missing shard, refused pickle), else the folder."""
+    folder = Path(folder)
+    hint = f" {where}" if where else ""
+    files = pretrained_weight_files(folder, names)
+    if not files:
+        expected = " or ".join(n for n in names if not n.endswith(".index.json"))
+        err = ModelFileError(f"{folder} holds no {what} weights: expected {expected} beside config.json.{hint}")
+        return _mark(err, True)
+    for f in files:
+        if not f.is_file():
+            err = ModelFileError(f"{files[0]} names the shard {f.name}, which is missing from {folder}; download "
+                                 f"the {what} folder again.{hint}")
+            return _mark(err, True)
+    for f in files:  # the files' own structure first: it says which file is damaged
+        try:
+            damage = inspect_weight_file(f)
+        except OSError:
+            damage = None
+        if damage is not None:
+            err = _damage_error(f, damage)
+            return _mark(err, True)
+    if len(files) == 1:  # one weight file and the error is about reading it (a refused global, torch < 2.6)
+        err = weight_file_error(files[0], exc)
+        read_error = any(isinstance(e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile))
+                         or type(e).__name__ == "SafetensorError" for e in _chain(exc))
+        if getattr(err, "_explained", False) or read_error:
+            return err
+    err = ModelFileError(f"Could not load {what} from {folder}: {clean_message(exc).rstrip('.')}.{hint}")
+    return _mark(err, False)
+
+
+def load_pretrained(cls, folder: Path | str, *, what: str, model_type: str, where: str = ""):
+    """``cls.from_pretrained(folder)`` (transformers, local files only, quiet) -> (model, loading info).
+
+    ``config.json`` must exist and name ``model_type``; any failure is one ModelFileError naming the folder,
+    or the weight file inside it when that is the cause (:func:`folder_load_error`).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFileError(f"{what} folder {folder} does not exist.{' ' + where if where else ''}")
+    config = read_config(folder, what, where)
+    found = config.get("model_type")
+    if found != model_type:
+        archs = ", ".join(map(str, config.get("architectures") or [])) or "no architectures listed"
+        raise ModelFileError(f"{folder} holds a {found or 'unknown'} model ({archs}), not {what}: its config.json "
+                             f"has model_type {found!r}, expected {model_type!r}.{' ' + where if where else ''}")
+    try:
+        with quiet_transformers(), quiet_torch_load():
+            return cls.from_pretrained(str(folder), output_loading_info=True, local_files_only=True)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # transformers raises OSError, ValueError, RuntimeError or the reader's own errors
+        _raise_weight_error(folder_load_error(folder, exc, what, where), exc)
 
 
 def check_state_dict(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from factory._damage import expect_clear_error, pickle_payload, random_bytes, to_safetensors, truncate
 from joygen_core.audio.hubert import (
     CLIP,
     hubert_features,
@@ -60,6 +62,66 @@ def test_folder_loads_strictly(models_dir, tmp_path):
         load_hubert(bad)
     with pytest.raises(ModelFileError, match="config.json"):
         load_hubert(tmp_path)
+
+
+@pytest.fixture
+def hubert_copy(models_dir, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(models_dir / "audio2motion" / "hubert", tmp_path / "hubert"))
+
+
+@pytest.mark.parametrize("fmt", ["zip", "pickle"])
+def test_pickled_code_in_the_folder_is_refused_naming_the_file(hubert_copy, tmp_path, fmt):
+    marker = tmp_path / "pwned"
+    weights = hubert_copy / "pytorch_model.bin"
+    pickle_payload(weights, marker, fmt, state=torch.load(weights, weights_only=True))
+    expect_clear_error(lambda: load_hubert(hubert_copy), weights, "code", marker)
+
+
+def test_truncated_safetensors_in_the_folder_is_named(hubert_copy):
+    weights = to_safetensors(hubert_copy / "pytorch_model.bin")
+    assert load_hubert(hubert_copy).config.hidden_size == 1024  # the safetensors folder itself loads
+    expect_clear_error(lambda: load_hubert(hubert_copy), truncate(weights), "truncated")
+
+
+def test_random_bytes_in_the_folder_are_corrupt(hubert_copy):
+    weights = random_bytes(hubert_copy / "pytorch_model.bin")
+    expect_clear_error(lambda: load_hubert(hubert_copy), weights, "corrupt")
+
+
+def test_wrong_architecture_and_missing_weights_name_the_folder(hubert_copy):
+    import json
+
+    cfg = json.loads((hubert_copy / "config.json").read_text())
+    (hubert_copy / "config.json").write_text(json.dumps({**cfg, "model_type": "wav2vec2",
+                                                         "architectures": ["Wav2Vec2ForCTC"]}))
+    with pytest.raises(ModelFileError, match=f"{hubert_copy} holds a wav2vec2 model .Wav2Vec2ForCTC., not HuBERT"):
+        load_hubert(hubert_copy)
+    (hubert_copy / "config.json").write_text(json.dumps(cfg))
+    (hubert_copy / "pytorch_model.bin").unlink()
+    with pytest.raises(ModelFileError, match=f"{hubert_copy} holds no HuBERT weights: expected model.safetensors"):
+        load_hubert(hubert_copy)
+    (hubert_copy / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="config.json is not valid JSON"):
+        load_hubert(hubert_copy)
+
+
+def test_transformers_refusing_bin_files_under_old_torch_is_explained(hubert_copy, monkeypatch):
+    """transformers >= 4.50 reads .bin files only with torch >= 2.6 (CVE-2025-32434); say so and what to do."""
+    import transformers.modeling_utils as mu
+
+    if not hasattr(mu, "check_torch_load_is_safe"):
+        pytest.skip("this transformers has no torch-version gate for .bin files")
+
+    def refuse():
+        raise ValueError("Due to a serious vulnerability issue in `torch.load`, even with `weights_only=True`, we "
+                         "now require users to upgrade torch to at least v2.6 in order to use the function. "
+                         "\nSee the vulnerability report here https://nvd.nist.gov/vuln/detail/CVE-2025-32434")
+
+    monkeypatch.setattr(mu, "check_torch_load_is_safe", refuse)
+    with pytest.raises(ModelFileError, match="pytorch_model.bin with torch .*torch >= 2.6.*model.safetensors"):
+        load_hubert(hubert_copy)
 
 
 def test_chunking_as_the_official(hubert):

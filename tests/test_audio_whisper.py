@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from factory._damage import expect_clear_error, pickle_payload, random_bytes, truncate
 from joygen_core.audio.prepare import to_mono_16k
 from joygen_core.audio.whisper import (
     encoder_states,
@@ -65,6 +66,59 @@ def test_wrong_whisper_files_are_named(models_dir, tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(ModelFileError, match="dims"):
         load_whisper_encoder(tmp_path / "plain.pt")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "code"])
+def test_damaged_tiny_pt_is_one_clear_error(models_dir, tmp_path, damage):
+    path = tmp_path / "whisper" / "tiny.pt"
+    path.parent.mkdir()
+    path.write_bytes((models_dir / "whisper" / "tiny.pt").read_bytes())
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        truncate(path)
+    elif damage == "corrupt":
+        random_bytes(path)
+    else:
+        pickle_payload(path, marker, state=torch.load(path, weights_only=True))
+    expect_clear_error(lambda: load_whisper_encoder(path), path, damage, marker)
+
+
+def _hf_whisper_folder(folder, encoder=None):
+    """An HF Whisper folder as the hub ships openai/whisper-tiny (WhisperForConditionalGeneration, safetensors)."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(vocab_size=100, d_model=384, encoder_layers=4, encoder_attention_heads=6,
+                        encoder_ffn_dim=1536, decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=64,
+                        max_source_positions=1500, max_target_positions=16, num_mel_bins=80,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    model = WhisperForConditionalGeneration(cfg)
+    if encoder is not None:
+        model.model.encoder.load_state_dict(encoder.state_dict())
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_damaged_hf_folder_names_the_weight_file(tmp_path):
+    import json
+
+    folder = _hf_whisper_folder(tmp_path / "whisper-tiny")
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    expect_clear_error(lambda: load_whisper_encoder(folder), truncate(weights), "truncated")
+    weights.unlink()
+    marker = tmp_path / "pwned"
+    state = {k: torch.zeros(1) for k in ("model.encoder.conv1.weight",)}
+    expect_clear_error(lambda: load_whisper_encoder(folder), pickle_payload(folder / "pytorch_model.bin", marker,
+                                                                            state=state), "code", marker)
+    (folder / "pytorch_model.bin").unlink()
+    weights.write_bytes(good)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "hubert", "architectures": ["HubertModel"]}))
+    with pytest.raises(ModelFileError, match=f"{folder} holds a hubert model .HubertModel., not Whisper"):
+        load_whisper_encoder(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelFileError, match=f"{folder} is not a Whisper model folder: it has no config.json"):
+        load_whisper_encoder(folder)
 
 
 def test_log_mel_matches_transformers_feature_extractor():
@@ -198,15 +252,7 @@ def test_long_audio_has_no_seam_at_30_and_60_s(encoder):
 
 def test_hf_folder_loads_the_same_encoder(models_dir, tmp_path, encoder):
     # the hub's openai/whisper-tiny is a WhisperForConditionalGeneration folder (model.encoder.*, proj_out)
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    cfg = WhisperConfig(vocab_size=100, d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                        encoder_ffn_dim=1536, decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=64,
-                        max_source_positions=1500, max_target_positions=16, num_mel_bins=80,
-                        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
-    model = WhisperForConditionalGeneration(cfg)
-    model.model.encoder.load_state_dict(encoder.state_dict())
-    model.save_pretrained(tmp_path / "whisper-tiny")
+    _hf_whisper_folder(tmp_path / "whisper-tiny", encoder)
     hf = load_whisper_encoder(tmp_path / "whisper-tiny")
     audio = speechlike(1.0)
     assert torch.allclose(whisper_features(hf, audio, 25.0, 10), whisper_features(encoder, audio, 25.0, 10), atol=1e-5)

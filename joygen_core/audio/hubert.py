@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelFileError
+from ..weights import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +26,15 @@ CLIP = STRIDE * 1000  # official chunk: 1000 output frames
 def load_hubert(folder: Path | str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """An HF HuBERT folder (official ``audio2motion/hubert`` = facebook/hubert-large-ls960-ft) -> HubertModel.
 
-    The folder's CTC head (``lm_head``) is not used; any other missing or unexpected weight is an error.
+    The folder's CTC head (``lm_head``) is not used; any other missing or unexpected weight is an error, and so
+    is a damaged or unsafe weight file (named, see :func:`joygen_core.weights.load_pretrained`).
     """
     from transformers import HubertModel
 
+    model, info = load_pretrained(HubertModel, folder, what="HuBERT", model_type="hubert",
+                                  where="Expected the HF folder of facebook/hubert-large-ls960-ft at "
+                                        "audio2motion/hubert/.")
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise ModelFileError(f"{folder} is not a HuBERT model folder (no config.json). Expected the HF folder of "
-                             "facebook/hubert-large-ls960-ft at audio2motion/hubert/.")
-    try:
-        with quiet_transformers():
-            model, info = HubertModel.from_pretrained(str(folder), output_loading_info=True, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"Could not load HuBERT from {folder}: {exc}") from exc
     missing = sorted(k for k in info.get("missing_keys", []) if "masked_spec_embed" not in k)
     unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith("lm_head"))
     mismatched = sorted(map(str, info.get("mismatched_keys", [])))
@@ -47,23 +43,6 @@ def load_hubert(folder: Path | str, device: torch.device | str = "cpu", dtype: t
                              f"{unexpected[:5]}, shape mismatches {mismatched[:3]}.")
     model.config.do_normalize = _do_normalize(folder)
     return model.to(device=device, dtype=dtype).eval()
-
-
-@contextmanager
-def quiet_transformers():
-    """Silence transformers' load report and progress bar while loading (our loaders raise clear errors)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _do_normalize(folder: Path) -> bool:

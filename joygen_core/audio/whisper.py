@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
-from ..weights import check_state_dict, load_checkpoint
+from ..weights import check_state_dict, load_checkpoint, load_pretrained
 from .windows import blend_weights, frame_windows, plan_windows
 
 log = logging.getLogger(__name__)
@@ -143,13 +143,8 @@ def _load_openai(path: Path):
 def _load_hf_folder(folder: Path):
     from transformers import WhisperModel
 
-    from .hubert import quiet_transformers
-
-    try:
-        with quiet_transformers():
-            model, info = WhisperModel.from_pretrained(str(folder), output_loading_info=True, local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"Could not load the Whisper folder {folder}: {exc}") from exc
+    model, info = load_pretrained(WhisperModel, folder, what="Whisper", model_type="whisper",
+                                  where="Expected the official whisper/tiny.pt or an HF openai/whisper-tiny folder.")
     missing = sorted(k for k in info.get("missing_keys", []) if k.startswith("encoder."))
     mismatched = sorted(map(str, info.get("mismatched_keys", [])))
     if missing or mismatched:

@@ -8,7 +8,6 @@ mismatch: a MuseTalk UNet (8 input channels) instead of JoyGen's 12, a missing o
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
-from ..weights import check_state_dict, load_checkpoint
+from ..weights import check_state_dict, clean_message, load_checkpoint, read_config  # train.fit: read_config
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,6 @@ class EditModels:
 
     def __repr__(self) -> str:
         return f"EditModels(device={self.device}, dtype={self.dtype})"
-
-
-def read_config(folder: Path | str, what: str) -> dict:
-    """``config.json`` of a diffusers folder, with a clear error when absent or unreadable."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ModelFileError(f"{folder} is not a diffusers model folder: it has no config.json ({what}).")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON ({exc}); download the {what} folder again.") from exc
 
 
 def weight_file(folder: Path | str, what: str) -> Path:
@@ -97,7 +85,7 @@ def _build(cls, config: dict, folder: Path, what: str) -> torch.nn.Module:
         with init_empty_weights(include_buffers=False):
             model = cls.from_config(_config_kwargs(cls, config))
     except Exception as exc:
-        raise ModelFileError(f"{folder}/config.json does not describe a valid {what} ({exc}).") from exc
+        raise ModelFileError(f"{folder}/config.json does not describe a valid {what} ({clean_message(exc)}).") from exc
     path = weight_file(folder, what)
     state = rename_legacy_keys(load_checkpoint(path))
     if not isinstance(state, dict):
