@@ -1,12 +1,17 @@
-"""Motion nodes: motion from a video's face track, motion adjustments and a plot of the mouth opening."""
+"""Motion and measurement nodes: motion from a video's face track, motion adjustments, a plot of the mouth
+opening, and the lip-sync score (LSE-D / LSE-C / offset) with the evaluation's SyncNet."""
 
 from __future__ import annotations
 
 import logging
 
 from ..joygen_core.errors import InputError
+from .comfy import check_interrupt, choices, model_store, pick, torch_device
 
 log = logging.getLogger(__name__)
+
+NO_SYNCNET = "(put syncnet/syncnet_v2.model in models/joygen)"
+DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 def _info(motion) -> str:
@@ -154,13 +159,90 @@ class JoyGenPlotMotion:
         return (torch.from_numpy(img).float().div(255.0)[None],)
 
 
+class JoyGenLoadSyncNet:
+    """Load the SyncNet of Wav2Lip's evaluation (syncnet_v2.model) for lip-sync scores."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = choices(model_store().list_files((".model",)), NO_SYNCNET)
+        return {"required": {
+            "model": (names, {"default": pick(names, "syncnet/syncnet_v2.model"),
+                              "tooltip": "syncnet_v2.model (joonson/syncnet_python download_model.sh) inside "
+                                         "models/joygen, e.g. models/joygen/syncnet/syncnet_v2.model."}),
+            "device": (DEVICES, {"default": "auto", "tooltip": "Where SyncNet runs; auto = ComfyUI's device."}),
+        }}
+
+    RETURN_TYPES = ("JOYGEN_SYNCNET",)
+    RETURN_NAMES = ("syncnet",)
+    FUNCTION = "load"
+    CATEGORY = "JoyGen/loaders"
+    DESCRIPTION = "SyncNet v2 (the network behind LSE-D / LSE-C in the paper's tables)."
+
+    def load(self, model, device="auto"):
+        from ..joygen_core.score import load_syncnet, syncnet_file
+
+        return (load_syncnet(syncnet_file(model_store(), model), torch_device(device)),)
+
+
+class JoyGenSyncScore:
+    """LSE-D, LSE-C and the audio-video offset of frames and their sound (the paper's lip-sync metrics)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "syncnet": ("JOYGEN_SYNCNET", {"tooltip": "From JoyGen Load SyncNet."}),
+                "images": ("IMAGE", {"tooltip": "The video frames to score (e.g. JoyGen Edit's output)."}),
+                "audio": ("AUDIO", {"tooltip": "The sound the lips should follow (the driving speech)."}),
+                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                                  "tooltip": "Frame rate of the frames; they are re-timed to SyncNet's 25 fps."}),
+            },
+            "optional": {
+                "face_track": ("JOYGEN_FACE_TRACK", {"tooltip": "Face track of these frames: its boxes are used, its "
+                               "frames without a face left out. Without it faces are found here (MTCNN)."}),
+                "vshift": ("INT", {"default": 15, "min": 1, "max": 50, "tooltip": "Largest offset searched, in "
+                                   "frames at 25 fps (official 15)."}),
+            },
+        }
+
+    RETURN_TYPES = ("FLOAT", "FLOAT", "INT", "STRING")
+    RETURN_NAMES = ("lse_d", "lse_c", "offset", "report")
+    FUNCTION = "run"
+    CATEGORY = "JoyGen/measure"
+    DESCRIPTION = ("Lip-sync error of a video: LSE-D (lower is better), LSE-C (higher is better) and the offset in "
+                   "25 fps frames (positive: the lips lag the sound), as train evaluate computes them.")
+
+    def run(self, syncnet, images, audio, fps, face_track=None, vshift=15):
+        from ..joygen_core.score import score_frames
+        from ..joygen_core.video.convert import audio_from_comfy, image_to_uint8
+
+        frames = image_to_uint8(images)
+        check_interrupt()
+        if face_track is not None:
+            report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio), boxes=face_track.det_box,
+                                  found=face_track.detected, vshift=int(vshift))
+        else:
+            from ..joygen_core.face.detect import load_mtcnn
+
+            device = next(syncnet.parameters()).device
+            report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio), detector=load_mtcnn(device),
+                                  vshift=int(vshift))
+        text = report.summary()
+        log.info("JoyGen Sync Score:\n%s", text)
+        return (report.lse_d, report.lse_c, report.offset, text)
+
+
 NODE_CLASS_MAPPINGS = {
     "JoyGenMotionFromVideo": JoyGenMotionFromVideo,
     "JoyGenAdjustMotion": JoyGenAdjustMotion,
     "JoyGenPlotMotion": JoyGenPlotMotion,
+    "JoyGenLoadSyncNet": JoyGenLoadSyncNet,
+    "JoyGenSyncScore": JoyGenSyncScore,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "JoyGenMotionFromVideo": "JoyGen Motion from Video",
     "JoyGenAdjustMotion": "JoyGen Adjust Motion",
     "JoyGenPlotMotion": "JoyGen Plot Motion",
+    "JoyGenLoadSyncNet": "JoyGen Load SyncNet",
+    "JoyGenSyncScore": "JoyGen Sync Score",
 }
