@@ -148,8 +148,16 @@ def temp_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where per-video caches live: under ComfyUI's temp folder, or ./temp/joygen_cache."""
-    return temp_dir() / "joygen_cache"
+    """Where the per-video cache lives, kept across restarts: ``$JOYGEN_CACHE`` if set, else ``joygen_cache`` in
+    ComfyUI's user folder (beside ``output/`` on a ComfyUI without one), never ComfyUI's temp folder, which it
+    empties at every start; outside ComfyUI the library's default (the user cache folder)."""
+    from ..joygen_core.cache import default_cache_dir
+
+    if folder_paths is None or os.environ.get("JOYGEN_CACHE"):
+        return default_cache_dir()
+    if hasattr(folder_paths, "get_user_directory"):
+        return Path(folder_paths.get_user_directory()) / "joygen_cache"
+    return Path(folder_paths.get_output_directory()).parent / "joygen_cache"
 
 
 class FileVideo:

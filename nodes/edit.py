@@ -294,6 +294,8 @@ class JoyGenLipSync:
                                 parser=face_parser, files=files)
         work = temp_dir() / "joygen"
         src = video_path(video, work)
+        copied = src.parent == work and src.name.startswith("joygen_input_")  # an in-memory VIDEO saved for us
+        # the result: the VIDEO this node returns reads it (ComfyUI empties temp/ at its next start)
         out = work / f"joygen_lipsync_{int(time.time() * 1000)}.mp4"
         bars: dict[str, Progress] = {}
 
@@ -308,6 +310,8 @@ class JoyGenLipSync:
         finally:
             for bar in bars.values():
                 bar.close()
+            if copied:
+                src.unlink(missing_ok=True)
         log.info("JoyGen Lip Sync: %d frames (%d with a face) -> %s", report.frames, report.frames_with_face, out)
         return (video_from_file(out),)
 
