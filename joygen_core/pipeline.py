@@ -9,8 +9,11 @@ Stages, in order (each lives in its own sub-package; this module only orchestrat
 3. per output chunk: the source frames read back (``video.io.FrameReader``), mouth depth rendered
    (``render``), the UNet edit and the paste (``edit``), the frames streamed to one H.264 + AAC encode.
 
-The cache is keyed by the video's content, the settings that shape the per-video work and the identity of
-the model files, so driving the same video with new audio skips stage 1. Frames, latents and masks are
+The cache (:mod:`.cache`) is keyed by the video's content, the settings that shape the per-video work and the
+identity of the model files, so driving the same video with new audio skips stage 1; a damaged entry is rebuilt,
+a cache folder that cannot be written means a temporary cache, and after the run the least recently used entries
+are evicted down to the cap. File problems (the output's folder) are found and leftovers of killed runs removed
+before the work starts. Frames, latents and masks are
 held one chunk at a time, and the heap is kept from fragmenting across stages (:mod:`.memory`); what still
 scales with the length is the audio: the Whisper states (half precision, about 12 MB a minute) and the
 HuBERT / A2M pass over the whole clip (a transient before the edit stage).
@@ -18,6 +21,7 @@ HuBERT / A2M pass over the whole clip (a transient before the edit stage).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import (
+    CACHE_FORMAT,
+    VideoCache,
+    evict,
+    folder_problem,
+    max_bytes,
+    sweep_cache_leftovers,
+    sweep_output_leftovers,
+    usable_cache_root,
+    video_digest,
+)
 from .errors import JoyGenError, MediaError
 from .memory import fix_mmap_threshold, trim_heap, trimmed
 from .video.io import AudioClip
@@ -38,7 +53,8 @@ from .weights import ModelStore
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "joygen.video_cache.v1"
+__all__ = ["CACHE_FORMAT", "LipSyncOptions", "LipSyncReport", "PipelineModels", "VideoCache", "check_inputs",
+           "check_output", "fingerprint", "lip_sync", "load_models", "video_digest"]
 
 
 @dataclass
@@ -141,77 +157,77 @@ def load_models(store: ModelStore, device: torch.device | str = "cpu", dtype: to
     return models
 
 
-# ---------------------------------------------------------------- per-video cache
+# ---------------------------------------------------------------- checks before any work
 
 
-def video_digest(path: Path, block: int = 1 << 20) -> str:
-    """SHA-1 of the file's bytes (content, not name or time)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+def probe_audio(path: Path) -> None:
+    """A cheap check that ``path`` holds a decodable audio track: opened, decoded up to its first samples."""
+    from .video.io import _open
+
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio track. Give an audio file, or a video that has sound.")
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                if frame.samples:
+                    return
+        except Exception as exc:  # av.error.* subclasses vary between versions
+            raise MediaError(f"{path}: its audio track cannot be decoded ({exc}).") from exc
+    raise MediaError(f"{path}: its audio track holds no samples.")
 
 
-class VideoCache:
-    """The per-video work on disk: face track, (masked, reference) latents and blend masks per chunk.
+def check_output(out: Path | str, *, overwrite: bool = False, inputs: tuple = ()) -> None:
+    """Fail before any work when ``out`` cannot be written: it exists (without ``overwrite``), it is one of the
+    ``inputs``, or its folder cannot be created or written (read-only, full). Leftovers of killed runs in that
+    folder are removed."""
+    out = Path(out)
+    if out.is_dir():
+        raise MediaError(f"{out} is a folder; give a file name for the output, such as {out / 'result.mp4'}.")
+    if out.exists():
+        if not overwrite:
+            raise MediaError(f"{out} already exists; choose another name (outputs never overwrite files).")
+        for i in inputs:
+            if isinstance(i, (str, os.PathLike)) and Path(i).exists() and Path(i).samefile(out):
+                raise MediaError(f"{out} is also an input; write the output to another file.")
+    problem = folder_problem(out.parent, probe_bytes=1 << 20)
+    if problem is not None:
+        raise MediaError(f"Cannot write the output {out}: {problem}. Choose a writable folder for the output.")
+    sweep_output_leftovers(out.parent)
 
-    Written into a temporary folder renamed when complete, so an interrupted run never leaves a cache that
-    a later run would trust.
-    """
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._loaded: dict[int, tuple] = {}
+def check_inputs(video: Path | str, audio: Path | str | AudioClip, out: Path | str, *,
+                 overwrite: bool = False) -> None:
+    """Everything about the files that can fail, checked in seconds before any model loads: the video probes, the
+    audio has a decodable audio track, the output can be written (see :func:`check_output`)."""
+    from .video.io import probe_video
 
-    @staticmethod
-    def key(video: Path, options: LipSyncOptions, models: PipelineModels) -> str:
-        parts = {"video": video_digest(video), "settings": options.video_key(), "models": models.identity(),
-                 "chunk": options.chunk_frames, "format": CACHE_FORMAT}
-        return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    probe_video(video)
+    if not isinstance(audio, AudioClip):
+        probe_audio(Path(audio))
+    check_output(out, overwrite=overwrite, inputs=(video, audio))
 
-    def complete(self) -> bool:
-        meta = self.folder / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text()).get("format") == CACHE_FORMAT
 
-    def meta(self) -> dict:
-        return json.loads((self.folder / "meta.json").read_text())
+def _heartbeat(folder: Path, progress: Callable[[str, int, int], None] | None,
+               every: float = 60.0) -> Callable[[str, int, int], None]:
+    """``progress`` that also touches ``folder`` once a minute: a build in progress never looks abandoned to the
+    leftover sweep of another run, even while no file is written (face detection over a long video)."""
+    last = [time.monotonic()]
 
-    def track(self):
-        from .face.track import FaceTrack
+    def report(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > every:
+            last[0] = now
+            with contextlib.suppress(OSError):
+                os.utime(folder)
+        if progress is not None:
+            progress(stage, done, total)
 
-        return FaceTrack.load(self.folder / "track.safetensors")
-
-    def chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(masked latents, reference latents, blend masks uint8) of cached chunk ``k``; the last two kept."""
-        if k not in self._loaded:
-            from safetensors.torch import load_file
-
-            lat = load_file(str(self.folder / f"latents_{k:05d}.safetensors"))
-            masks = torch.from_numpy(np.load(self.folder / f"masks_{k:05d}.npz")["masks"])
-            if len(self._loaded) >= 2:
-                self._loaded.pop(next(iter(self._loaded)))
-            self._loaded[k] = (lat["masked"].float(), lat["reference"].float(), masks)
-        return self._loaded[k]
-
-    def gather(self, frames: torch.Tensor, chunk_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(masked, reference latents, uint8 blend masks) of source ``frames`` in their order, chunk by chunk."""
-        ks = torch.div(frames, chunk_len, rounding_mode="floor")
-        out = None
-        for k in ks.unique().tolist():
-            at = (ks == k).nonzero().squeeze(1)
-            parts = self.chunk(k)
-            off = frames[at] - k * chunk_len
-            if out is None:
-                out = [torch.empty((frames.numel(), *p.shape[1:]), dtype=p.dtype) for p in parts]
-            for o, p in zip(out, parts):
-                o[at] = p[off]
-        return tuple(out)
+    return report
 
 
 def _build_cache(folder: Path, video: Path, models: PipelineModels, options: LipSyncOptions,
                  progress: Callable[[str, int, int], None] | None) -> None:
-    """Stage 1 over the whole video, chunk by chunk, into ``folder`` (atomic)."""
+    """Stage 1 over the whole video, chunk by chunk, into ``folder`` (built aside, renamed when complete)."""
     from safetensors.torch import save_file
 
     from .edit import editor
@@ -220,9 +236,10 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
     from .video.io import iter_frames, probe_video
 
     info = probe_video(video)
-    tmp = folder.with_name(folder.name + f".partial{os.getpid()}")
+    tmp = VideoCache(folder).partial_folder()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    progress = _heartbeat(tmp, progress)
     try:
         recon, edit = models.recon, models.edit
         # Faces of the whole video first (small), so tracking and smoothing see across chunk borders.
@@ -273,11 +290,8 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
             ref_lat = editor.encode(edit, editor.to_vae_input(editor.face_crops(frame, full.box[r:r + 1])))
             save_file({"reference": ref_lat.half()}, str(tmp / "fixed_reference.safetensors"))
         full.save(tmp / "track.safetensors")
-        meta = {"format": CACHE_FORMAT, "frames": len(full), "chunk": options.chunk_frames, "fps": float(info.fps),
-                "faces": int(full.detected.sum()), "video": str(video)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        VideoCache.finish(tmp, folder, {"frames": len(full), "chunk": options.chunk_frames, "fps": float(info.fps),
+                                        "faces": int(full.detected.sum()), "video": str(video)})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -347,12 +361,16 @@ def _source_frames(reader, index: torch.Tensor) -> torch.Tensor:
 
 def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, models: PipelineModels,
              options: LipSyncOptions | None = None, *, cache_root: Path | str | None = None,
-             overwrite: bool = False, progress: Callable[[str, int, int], None] | None = None) -> LipSyncReport:
+             overwrite: bool = False, progress: Callable[[str, int, int], None] | None = None,
+             cache_max_gb: float | None = None) -> LipSyncReport:
     """Edit ``video`` so its lips follow ``audio``; write ``out`` (H.264 + AAC, the driving audio, the video's fps).
 
     ``audio`` may be an audio file, a video with sound, or a decoded ``AudioClip``. ``cache_root``: where
-    per-video caches live (None: a temporary cache deleted afterwards). ``progress(stage, done, total)``, stage in
-    faces / video / audio / edit. The output appears only when complete.
+    per-video caches live (:func:`joygen_core.cache.default_cache_dir` is the usual place; None, or a folder that
+    cannot be written, means a temporary cache deleted afterwards); after the run the least recently used entries
+    are evicted down to ``cache_max_gb`` (None: ``$JOYGEN_CACHE_MAX_GB`` or 20 GB). ``progress(stage, done,
+    total)``, stage in faces / video / audio / edit. The output's folder is checked before any work, and the
+    output appears only when complete.
     """
     import tempfile
 
@@ -365,8 +383,8 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     options = options or LipSyncOptions()
     fix_mmap_threshold()
     video, out = Path(video), Path(out)
-    if out.exists() and not overwrite:
-        raise MediaError(f"{out} already exists; choose another name (outputs never overwrite files).")
+    limit = max_bytes(cache_max_gb)
+    check_output(out, overwrite=overwrite, inputs=(video, audio))
     report = LipSyncReport(output=out)
     t0 = time.perf_counter()
     info = probe_video(video)
@@ -379,15 +397,19 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
                                                                                            clip.sample_rate)
     fps = float(info.fps)
 
+    root = None if cache_root is None else usable_cache_root(cache_root)
     tmp_cache = None
-    if cache_root is None:
-        tmp_cache = tempfile.mkdtemp(prefix="joygen_cache_")
-        cache_root = tmp_cache
+    if root is None:
+        tmp_cache = root = Path(tempfile.mkdtemp(prefix="joygen_cache_"))
+    else:
+        sweep_cache_leftovers(root)
+    using = contextlib.ExitStack()
     try:
-        cache = VideoCache(Path(cache_root) / VideoCache.key(video, options, models))
-        report.cache_hit = cache.complete()
+        cache = VideoCache(root / VideoCache.key(video, options, models))
+        report.cache_hit = cache.open()
         if not report.cache_hit:
             _build_cache(cache.folder, video, models, options, progress)
+        using.enter_context(cache.in_use())
         report.seconds["video (track, latents, masks)"] = time.perf_counter() - t0
         track = cache.track()
         meta = cache.meta()
@@ -455,7 +477,13 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         report.seconds["total"] = time.perf_counter() - t0
         if report.frames_with_face == 0:
             log.warning("No face was found in %s: the output is the input video with the new audio.", video)
+        if tmp_cache is None:
+            try:
+                evict(root, limit, keep=[cache.folder])
+            except OSError as exc:  # the output is written: a cache that cannot be trimmed is not a failed run
+                log.warning("Could not trim the video cache in %s: %s", root, exc)
         return report
     finally:
+        using.close()
         if tmp_cache is not None:
             shutil.rmtree(tmp_cache, ignore_errors=True)

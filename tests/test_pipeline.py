@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,13 +73,16 @@ def test_new_audio_reuses_the_video_cache(models, clip_dir, tmp_path):
                      _opts(use_depth=False), cache_root=cache)
     entries = list(cache.iterdir())
     assert not first.cache_hit and len(entries) == 1 and VideoCache(entries[0]).complete()
+    assert VideoCache(entries[0]).problem() is None  # sizes and checksums recorded and right
     stamps = {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()}
+    os.utime(entries[0], (1e9, 1e9))  # last used in 2001
     clip = read_audio(clip_dir / "face.mp4")  # other audio: the clip's own sentence, trimmed
     other = AudioClip(clip.waveform[:, : clip.sample_rate // 2], clip.sample_rate)
     second = lip_sync(clip_dir / "face.mp4", other, tmp_path / "b.mp4", models, _opts(use_depth=False),
                       cache_root=cache)
     assert second.cache_hit and second.frames == 12  # 0.5 s at 25 fps: shorter than the video, trimmed
     assert {p.name: p.stat().st_mtime_ns for p in entries[0].iterdir()} == stamps
+    assert time.time() - entries[0].stat().st_mtime < 600  # the hit is the entry's last use (LRU eviction)
     assert json.loads((entries[0] / "meta.json").read_text())["frames"] == 16
     # a setting that shapes the per-video work gives another entry
     lip_sync(clip_dir / "face.mp4", other, tmp_path / "c.mp4", models, _opts(use_depth=False, blend="box"),
@@ -251,6 +260,7 @@ def test_lip_sync_node_is_the_library_run(pack, models, clip_dir, tmp_path, monk
 
     monkeypatch.setattr(video_io, "write_video", keep_frames)
     monkeypatch.chdir(tmp_path)  # outside ComfyUI the node works under ./temp
+    monkeypatch.setenv("JOYGEN_CACHE", str(tmp_path / "persistent"))
     speech = read_audio(clip_dir / "short.wav")
     a2m = SimpleNamespace(model=models.a2m, hubert=models.hubert)
     (video,) = JoyGenLipSync().run(FileVideo(clip_dir / "face.mp4"), audio_to_comfy(speech), models.recon,
@@ -258,7 +268,9 @@ def test_lip_sync_node_is_the_library_run(pack, models, clip_dir, tmp_path, monk
                                    batch_size=4, chunk_frames=8)
     out = Path(video.get_stream_source())
     assert out.is_file() and out.parent == tmp_path / "temp" / "joygen"
-    assert any((tmp_path / "temp" / "joygen_cache").iterdir())  # the per-video cache lives beside it
+    assert list((tmp_path / "temp" / "joygen").iterdir()) == [out]  # the result only
+    assert any((tmp_path / "persistent").iterdir())  # the per-video cache lives outside temp/, kept across starts
+    assert not (tmp_path / "temp" / "joygen_cache").exists()
     lib = tmp_path / "lib.mp4"
     lip_sync(clip_dir / "face.mp4", speech, lib, models, _opts(seed=3), cache_root=tmp_path / "cache")
     assert probe_video(out).frame_count == probe_video(lib).frame_count == round(speech.duration * 25)
@@ -273,3 +285,178 @@ def test_bad_audio_fails_before_the_per_video_pass(models, clip_dir, tmp_path):
     with pytest.raises(MediaError, match="sample rate"):
         lip_sync(clip_dir / "face.mp4", bad, tmp_path / "out.mp4", models, _opts(), cache_root=tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+# ---------------------------------------------------------------- the cache heals, fails soft, and is cleaned
+
+
+@pytest.fixture(scope="module")
+def half_second(clip_dir) -> AudioClip:
+    clip = read_audio(clip_dir / "face.mp4")
+    return AudioClip(clip.waveform[:, : clip.sample_rate // 2], clip.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def built_cache(models, clip_dir, half_second, tmp_path_factory) -> Path:
+    """A cache root holding one complete entry of the face clip (audio-only settings, 2 chunks of 8 frames)."""
+    d = tmp_path_factory.mktemp("built_cache")
+    lip_sync(clip_dir / "face.mp4", half_second, d / "out.mp4", models, _opts(use_depth=False), cache_root=d / "cache")
+    return d / "cache"
+
+
+def _truncate_latents(entry: Path) -> None:
+    f = entry / "latents_00001.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _break_meta(entry: Path) -> None:
+    (entry / "meta.json").write_text((entry / "meta.json").read_text()[:40])
+
+
+def _flip_track_bytes(entry: Path) -> None:
+    f = entry / "track.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-100:-90] = bytes(b ^ 0x5A for b in data[-100:-90])  # same size: only the checksum can tell
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_truncate_latents, _break_meta, _flip_track_bytes])
+def test_damaged_cache_entry_is_rebuilt_with_one_warning(models, clip_dir, half_second, built_cache, tmp_path,
+                                                         caplog, damage):
+    root = tmp_path / "cache"
+    shutil.copytree(built_cache, root)
+    (entry,) = root.iterdir()
+    good = json.loads((entry / "meta.json").read_text())
+    damage(entry)
+    with caplog.at_level(logging.WARNING):
+        report = lip_sync(clip_dir / "face.mp4", half_second, tmp_path / "out.mp4", models, _opts(use_depth=False),
+                          cache_root=root)
+    assert not report.cache_hit and probe_video(tmp_path / "out.mp4").frame_count == 12
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "damaged" in warnings[0] and entry.name in warnings[0], warnings
+    assert [p.name for p in root.iterdir()] == [entry.name]  # rebuilt in place, nothing else left
+    assert VideoCache(entry).problem() is None
+    rebuilt = json.loads((entry / "meta.json").read_text())["files"]
+    assert sorted(rebuilt) == sorted(good["files"])  # the same work, recomputed
+    assert all(rebuilt[f][0] == good["files"][f][0] for f in rebuilt if f.endswith(".safetensors"))
+    caplog.clear()
+    again = lip_sync(clip_dir / "face.mp4", half_second, tmp_path / "again.mp4", models, _opts(use_depth=False),
+                     cache_root=root)
+    assert again.cache_hit and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_unwritable_cache_folder_runs_without_a_cache(models, clip_dir, half_second, tmp_path, caplog):
+    (tmp_path / "a_file").write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        report = lip_sync(clip_dir / "face.mp4", half_second, tmp_path / "out.mp4", models, _opts(use_depth=False),
+                          cache_root=tmp_path / "a_file" / "cache")
+    assert not report.cache_hit and (tmp_path / "out.mp4").is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "running without a cache" in warnings[0]
+
+
+def test_unwritable_output_folder_fails_before_any_work(models, clip_dir, tmp_path, monkeypatch):
+    import joygen_core.pipeline as pipeline
+    import joygen_core.video.io as video_io
+    from joygen_core.errors import MediaError
+
+    monkeypatch.setattr(pipeline, "_build_cache", lambda *a, **kw: pytest.fail("the per-video work started"))
+    monkeypatch.setattr(video_io, "probe_video", lambda *a, **kw: pytest.fail("the video was read"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(MediaError, match="Cannot write the output .*a_file is a file"):
+        lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", tmp_path / "a_file" / "out.mp4", models, _opts(),
+                 cache_root=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+KILLED_RUN = """
+import os, signal, sys
+from joygen_core.pipeline import LipSyncOptions, lip_sync, load_models
+from joygen_core.weights import ModelStore
+
+video, audio, out, cache, models_dir, stage = sys.argv[1:]
+models = load_models(ModelStore(models_dir), "cpu", blend="landmarks")  # as the models fixture: same key
+
+def progress(s, done, total):
+    if s == stage and done >= total:  # the stage's last chunk done: its work is on disk, the run not finished
+        os.kill(os.getpid(), signal.SIGKILL)
+
+lip_sync(video, audio, out, models, LipSyncOptions(blend="landmarks", use_depth=False, chunk_frames=8, batch_size=4),
+         cache_root=cache, progress=progress)
+"""
+
+
+def test_leftovers_of_killed_runs_are_removed_by_the_next_run(models, models_dir, clip_dir, tmp_path):
+    """SIGKILL leaves a ``<key>.partial<pid>`` cache folder (killed while caching) and a hidden
+    ``.NAME.partial<pid>.mp4`` (killed while encoding); the next run removes both, keeps a live run's files,
+    and trims the cache to its cap, least recently used first."""
+    from test_cache import _entry
+
+    for stage in ("video", "edit"):  # each in its own folders: a run sweeps what it finds
+        args = [str(clip_dir / "face.mp4"), str(clip_dir / "short.wav"), str(tmp_path / stage / "talk.mp4"),
+                str(tmp_path / stage / "cache"), str(models_dir), stage]
+        proc = subprocess.run([sys.executable, "-c", KILLED_RUN, *args], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], timeout=600)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    cache, outs = tmp_path / "video" / "cache", tmp_path / "edit"
+    (partial,) = cache.iterdir()  # killed while caching
+    assert re.fullmatch(r"[0-9a-f]{24}\.partial\d+", partial.name) and any(partial.iterdir())
+    (left,) = [p for p in outs.iterdir() if p.is_file()]
+    assert re.fullmatch(r"\.talk\.partial\d+\.mp4", left.name) and not (outs / "talk.mp4").exists()
+    (entry,) = (outs / "cache").iterdir()  # killed while encoding: its cache was complete, and in use
+    assert VideoCache(entry).problem() is None and any(p.name.startswith(".in_use.") for p in entry.iterdir())
+    entry = entry.rename(cache / entry.name)
+    live_out = outs / f".other.partial{os.getpid()}.mp4"  # a run of this very process, in progress
+    live_out.write_bytes(b"x")
+    live_cache = cache / f"{'f' * 24}.partial{os.getpid()}"
+    live_cache.mkdir()
+    old = _entry(cache, "e" * 24, payload=10_000, last_used=time.time() - 86400)
+
+    report = lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", outs / "talk.mp4", models, _opts(use_depth=False),
+                      cache_root=cache, cache_max_gb=1e-9)
+    assert report.cache_hit and (outs / "talk.mp4").is_file()
+    assert sorted(p.name for p in outs.iterdir()) == sorted(["cache", "talk.mp4", live_out.name])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([entry.name, live_cache.name])  # old: evicted
+    assert not old.exists() and not any(p.name.startswith(".in_use.") for p in entry.iterdir())
+
+
+def test_lip_sync_node_leaves_no_intermediate_file_in_temp(pack, models, clip_dir, tmp_path, monkeypatch):
+    """An in-memory VIDEO is saved to temp/joygen/ for the streamed read; that copy goes when the run ends,
+    finished or failed, and the per-video cache goes to the persistent cache folder."""
+    import io
+
+    import joygen_core.pipeline as pipeline
+    from joygen_core.video.convert import audio_to_comfy
+    from joygen_pack.nodes.edit import JoyGenLipSync
+
+    class MemoryVideo:  # like ComfyUI's VideoFromFile over a BytesIO
+        def get_stream_source(self):
+            return io.BytesIO((clip_dir / "face.mp4").read_bytes())
+
+        def save_to(self, path, **_):
+            shutil.copyfile(clip_dir / "face.mp4", path)
+
+    seen = {}
+
+    def fake_lip_sync(src, audio, out, models, options, *, cache_root, progress):
+        seen.update(src=Path(src), cache_root=Path(cache_root))
+        assert Path(src).is_file() and probe_video(src).frame_count == 16
+        if seen.get("fail"):
+            raise KeyboardInterrupt
+        Path(out).write_bytes((clip_dir / "face.mp4").read_bytes())
+        return pipeline.LipSyncReport(output=Path(out), frames=16)
+
+    monkeypatch.setattr(pipeline, "lip_sync", fake_lip_sync)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JOYGEN_CACHE", str(tmp_path / "persistent"))
+    run = JoyGenLipSync().run
+    args = (MemoryVideo(), audio_to_comfy(read_audio(clip_dir / "short.wav")), models.recon, models.whisper,
+            models.edit)
+    (video,) = run(*args, blend="landmarks")
+    work = tmp_path / "temp" / "joygen"
+    assert seen["src"].parent == work and list(work.iterdir()) == [Path(video.get_stream_source())]
+    assert seen["cache_root"] == tmp_path / "persistent"
+    seen["fail"] = True
+    with pytest.raises(KeyboardInterrupt):
+        run(*args, blend="landmarks")
+    assert list(work.iterdir()) == [Path(video.get_stream_source())]
