@@ -1,4 +1,8 @@
-"""Command line: ``python -m joygen_core {models,download,edit,demo}``."""
+"""Command line: ``python -m joygen_core {models,download,edit,demo,cache}``.
+
+Building the parser imports no torch and no model code (``--help`` answers at once); each command imports what
+it needs when it runs, and ``edit`` checks its files before any model loads.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,37 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .errors import InputError, JoyGenError
 
-from .errors import JoyGenError
-from .pipeline import LipSyncOptions, LipSyncReport, lip_sync, load_models
-from .weights import ModelStore, default_model_dirs, format_status
+if TYPE_CHECKING:
+    import torch
+
+    from .pipeline import LipSyncOptions, LipSyncReport
+    from .weights import ModelStore
 
 log = logging.getLogger("joygen_core")
 
+LENGTH_MODES = ("pingpong", "loop", "trim", "hold")  # joygen_core.video.length.MODES, without importing torch
+
 
 def _store(args: argparse.Namespace) -> ModelStore:
+    from .weights import ModelStore, default_model_dirs
+
     return ModelStore([Path(args.models)] if args.models else default_model_dirs())
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from .weights import format_status
+
     print(format_status(_store(args)))
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download
+    from .weights import default_model_dirs
 
     root = Path(args.models) if args.models else default_model_dirs()[0]
     for path in download(root, args.only.split(",") if args.only else None):
@@ -40,18 +54,18 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> LipSyncOptions:
+    from .pipeline import LipSyncOptions
+
     return LipSyncOptions(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
                           reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
                           seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from .video.length import MODES
-
     p.add_argument("--out", required=True, help="output MP4 (never overwritten unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--length", choices=MODES, default="pingpong", help="fit the video to the audio's length")
+    p.add_argument("--length", choices=LENGTH_MODES, default="pingpong", help="fit the video to the audio's length")
     p.add_argument("--audio-only", action="store_true", help="no depth: edit from the audio features alone")
     p.add_argument("--blend", choices=("parsing", "landmarks", "box"), default="parsing",
                    help="blend mask: BiSeNet face parsing (official), feathered landmarks, or the half box")
@@ -62,13 +76,31 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-frames", type=int, default=64, help="frames held in memory at once")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
-    p.add_argument("--cache", help="per-video cache folder (default: ./temp/joygen_cache)")
+
+
+def _add_cache_cap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-max-gb", type=float, help="cache size cap; least recently used entries are evicted "
+                                                      "after a run (default: $JOYGEN_CACHE_MAX_GB or 20)")
+
+
+def _cache_root(args: argparse.Namespace) -> Path:
+    from .cache import default_cache_dir
+
+    return Path(args.cache) if args.cache else default_cache_dir()
 
 
 def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this PyTorch sees no CUDA GPU; use --device cpu (or auto).")
+    return device
 
 
 def _log_progress() -> Callable[[str, int, int], None]:
@@ -91,21 +123,51 @@ def _print_report(report: LipSyncReport) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from .cache import max_bytes
+    from .pipeline import check_inputs, lip_sync, load_models
+
+    # every file problem is found here, in seconds, before the models load
+    check_inputs(args.video, args.audio, args.out, overwrite=args.overwrite)
+    max_bytes(args.cache_max_gb)
     options = _options(args)
-    store = ModelStore([Path(args.models)] if args.models else default_model_dirs())
-    models = load_models(store, _device(args.device), use_depth=options.use_depth, blend=options.blend)
-    report = lip_sync(args.video, args.audio, args.out, models, options, cache_root=args.cache or
-                      Path("temp") / "joygen_cache", overwrite=args.overwrite, progress=_log_progress())
+    device = _device(args.device)
+    models = load_models(_store(args), device, use_depth=options.use_depth, blend=options.blend)
+    report = lip_sync(args.video, args.audio, args.out, models, options,
+                      cache_root=None if args.no_cache else _cache_root(args), overwrite=args.overwrite,
+                      progress=_log_progress(), cache_max_gb=args.cache_max_gb)
     _print_report(report)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .pipeline import check_output
 
+    check_output(args.out, overwrite=args.overwrite or args.out == DEMO_OUT)
     report = run_demo(args, _options(args), _device(args.device), _log_progress())
     _print_report(report)
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache
+
+    root = _cache_root(args)
+    if args.action == "info":
+        print(cache.format_info(root, cache.max_bytes(args.cache_max_gb)))
+        return 0
+    if args.older_than is not None and args.older_than < 0:
+        raise InputError("--older-than takes a number of days >= 0.")
+    removed, busy = cache.clear(root, args.older_than)
+    print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} "
+          f"({cache.format_bytes(sum(e.size for e in removed))}) from {root}")
+    if busy:
+        print(f"kept {len(busy)} in use by a running job")
+    return 0
+
+
+DEMO_OUT = "output/demo.mp4"
+CACHE_DEFAULT_HELP = "$JOYGEN_CACHE, else ~/.cache/joygen (%%LOCALAPPDATA%%\\joygen\\cache on Windows)"
 
 
 def add_cli_commands(sub: argparse._SubParsersAction) -> None:
@@ -114,16 +176,32 @@ def add_cli_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--audio", required=True, help="driving speech: an audio file or a video with sound")
     e.add_argument("--models", help="the JoyGen model folder (default: $JOYGEN_MODELS or ./models/joygen)")
     _add_common(e)
+    e.add_argument("--cache", help=f"per-video cache folder (default: {CACHE_DEFAULT_HELP})")
+    e.add_argument("--no-cache", action="store_true", help="a temporary cache, deleted after the run")
+    _add_cache_cap(e)
     e.set_defaults(func=cmd_edit)
     d = sub.add_parser("demo", help="run the whole job on a built-in sample (a real face clip + synthesised speech)")
     d.add_argument("--models", help="the JoyGen model folder; without the official weights the demo runs small "
                                     "untrained models and says so")
     _add_common(d)
-    d.set_defaults(func=cmd_demo, out="output/demo.mp4")
+    d.add_argument("--cache", help="the demo's work folder: sample clip, speech, untrained models, cache "
+                                   "(default: ./temp/joygen_demo)")
+    d.set_defaults(func=cmd_demo, out=DEMO_OUT)
     for action in d._actions:
         if action.dest == "out":
             action.required = False
-            action.default = "output/demo.mp4"
+            action.default = DEMO_OUT
+    c = sub.add_parser("cache", help="the per-video cache: where it is and what it holds, or clear it")
+    actions = c.add_subparsers(dest="action", required=True)
+    for name, text in (("info", "location, entries (least recently used first), total size and cap"),
+                       ("clear", "delete the cached entries (those a running job uses are kept)")):
+        a = actions.add_parser(name, help=text)
+        a.add_argument("--cache", help=f"the cache folder (default: {CACHE_DEFAULT_HELP})")
+        if name == "info":
+            _add_cache_cap(a)
+        else:
+            a.add_argument("--older-than", type=float, metavar="DAYS", help="only entries unused for DAYS days")
+        a.set_defaults(func=cmd_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
