@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from workflow_check import CORE_NODES, check_api, check_ui, defs_from_classes
 
+from joygen_core.score import SYNCNET_FILE, SYNCNET_KEY
 from joygen_core.weights import MANIFEST_BY_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "workflows"
-NAMES = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only")
+NAMES = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only", "joygen_video_driven")
 
 # loader input -> manifest entries whose official paths it may name
 OFFICIAL_KEYS = {
@@ -33,6 +34,9 @@ OFFICIAL_KEYS = {
     ("JoyGenLoadFaceParser", "model"): ("face_parse",),
 }
 OFFICIAL = {k: {MANIFEST_BY_KEY[key].path for key in keys} for k, keys in OFFICIAL_KEYS.items()}
+# SyncNet (the evaluation's network) is not in the JoyGen bundle: its place in the model folder is the score's own
+OFFICIAL[("JoyGenLoadSyncNet", "model")] = (
+    {MANIFEST_BY_KEY[SYNCNET_KEY].path} if SYNCNET_KEY in MANIFEST_BY_KEY else {SYNCNET_FILE})
 
 
 def _load(name: str, api: bool = False) -> dict:
@@ -80,6 +84,81 @@ def test_workflow_contents(defs):
     assert edit["inputs"]["audio_only"] is True
     edit = next(n for n in _load("joygen_composable", api=True).values() if n["class_type"] == "JoyGenEdit")
     assert edit["inputs"]["audio_only"] is False and isinstance(edit["inputs"]["mouth_depth"], list)
+
+
+def _by_type(api: dict, node_type: str) -> list[tuple[str, dict]]:
+    return [(nid, n) for nid, n in api.items() if n["class_type"] == node_type]
+
+
+def test_composable_adjusts_and_plots_the_motion():
+    """Audio2Motion -> Adjust Motion (defaults: unchanged) -> Render Depth; Plot Motion -> Preview Image."""
+    api = _load("joygen_composable", api=True)
+    ((a2m, _),) = _by_type(api, "JoyGenAudio2Motion")
+    ((adjust, adj),) = _by_type(api, "JoyGenAdjustMotion")
+    ((_, depth),) = _by_type(api, "JoyGenRenderDepth")
+    ((plot, plt),) = _by_type(api, "JoyGenPlotMotion")
+    assert adj["inputs"]["motion"] == [a2m, 0] and depth["inputs"]["motion"] == [adjust, 0]
+    assert (adj["inputs"]["amplitude"], adj["inputs"]["smoothing_hz"], adj["inputs"]["shift_frames"]) == (1.0, 0, 0)
+    assert plt["inputs"]["motion"] == [adjust, 0] and plt["inputs"]["motion_b"] == [a2m, 0]
+    assert plt["inputs"]["recon_models"][0] == depth["inputs"]["recon_models"][0]
+    assert any(n["inputs"]["images"] == [plot, 0] for _, n in _by_type(api, "PreviewImage"))
+
+
+def test_video_driven_takes_mouth_and_speech_from_the_driver():
+    api = _load("joygen_video_driven", api=True)
+    assert not _by_type(api, "LoadAudio") and not _by_type(api, "JoyGenAudio2Motion")
+    videos = {nid: n for nid, n in _by_type(api, "LoadVideo")}
+    driver_load = next(nid for nid, n in videos.items() if n["inputs"]["file"] == "driver.mp4")
+    parts = {n["inputs"]["video"][0]: nid for nid, n in _by_type(api, "GetVideoComponents")}
+    driver, target = parts[driver_load], next(v for k, v in parts.items() if k != driver_load)
+    recon = {n["inputs"]["images"][0]: nid for nid, n in _by_type(api, "JoyGen3DMMReconstruct")}
+    ((motion_id, motion),) = _by_type(api, "JoyGenMotionFromVideo")
+    assert motion["inputs"]["face_track"] == [recon[driver], 0]
+    assert motion["inputs"]["target_fps"] == [target, 2]  # the edited video's fps
+    ((_, fit),) = _by_type(api, "JoyGenFitLength")
+    ((fit_id, _),) = _by_type(api, "JoyGenFitLength")
+    assert fit["inputs"]["audio"] == [driver, 1] and motion["inputs"]["frame_count"] == [fit_id, 2]
+    ((depth_id, depth),) = _by_type(api, "JoyGenRenderDepth")
+    assert depth["inputs"]["motion"] == [motion_id, 0] and depth["inputs"]["face_track"] == [fit_id, 1]
+    ((_, feats),) = _by_type(api, "JoyGenAudioFeatures")
+    ((_, create),) = _by_type(api, "CreateVideo")
+    ((_, edit),) = _by_type(api, "JoyGenEdit")
+    assert feats["inputs"]["audio"] == [driver, 1] and create["inputs"]["audio"] == [driver, 1]
+    assert edit["inputs"]["mouth_depth"] == [depth_id, 0] and edit["inputs"]["audio_only"] is False
+
+
+def _rect(node: dict) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y, x + w, y + h
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_left_to_right_with_separate_groups(name):
+    """Every link runs into a node further right; no two nodes or groups overlap; a node sits in one group or none."""
+    ui = _load(name)
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    rects = {nid: _rect(n) for nid, n in nodes.items()}
+    for link in ui["links"]:
+        a, b = rects[link[1]], rects[link[3]]
+        assert a[2] < b[0], f"{name}: link {link} runs from node {link[1]} to node {link[3]}, not to the right"
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            assert not _overlap(rects[a], rects[b]), f"{name}: nodes {a} and {b} overlap"
+    boxes = [(g["title"], (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2],
+                           g["bounding"][1] + g["bounding"][3])) for g in ui["groups"]]
+    for i, (ta, a) in enumerate(boxes):
+        for tb, b in boxes[i + 1:]:
+            assert not _overlap(a, b), f"{name}: groups {ta!r} and {tb!r} overlap"
+    for nid, r in rects.items():
+        inside = [t for t, g in boxes if g[0] <= r[0] and g[1] <= r[1] and r[2] <= g[2] and r[3] <= g[3]]
+        touching = [t for t, g in boxes if _overlap(r, g)]
+        assert touching == inside and len(inside) <= 1, f"{name}: node {nid} is in {inside}, touches {touching}"
 
 
 def test_build_reproduces_shipped_files(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the test helpers, and the library they import
 
 from workflow_check import CORE_NODES, NodeDef, defs_from_classes, ui_graph  # noqa: E402
 
@@ -28,6 +28,7 @@ CORE_VERSION = "0.8.0"
 PACK_ID, PACK_VERSION = "joygen-lipsync", "0.1.0"
 FRONTEND_VERSION = "1.35.9"
 VIDEO_FILE, AUDIO_FILE = "talking_face.mp4", "speech.wav"  # placeholders the user replaces (workflows/README.md)
+DRIVER_FILE = "driver.mp4"  # the video-driven workflow's driver (mouth and speech)
 
 # Official bundle names (joygen_core.weights.MANIFEST) as the loaders' defaults.
 LOADERS = {
@@ -50,6 +51,7 @@ class N:
     values: dict[str, Any] = field(default_factory=dict)
     title: str | None = None
     width: float = 320
+    height: float | None = None  # None: from the node's sockets and widgets
 
 
 @dataclass
@@ -65,24 +67,45 @@ def _loader(nid: int, node_type: str, pos: tuple[float, float]) -> N:
     return N(nid, node_type, pos, dict(LOADERS[node_type]))
 
 
+COLUMN = 380  # one column per step: every link runs left to right, into a later column
+X = [COLUMN * i for i in range(10)]
+LOWER = 500  # the second row of steps starts below the first row's groups
+
+
+def _inputs_and_models(loaders: list[tuple[int, str]]) -> tuple[list[N], list[int]]:
+    """The model loaders in two columns under the inputs (x[0], x[1]), in the order given."""
+    nodes, ys = [], [840, 840]
+    for k, (nid, node_type) in enumerate(loaders):
+        col = 0 if k < (len(loaders) + 1) // 2 else 1
+        nodes.append(_loader(nid, node_type, (X[col], ys[col])))
+        ys[col] += {"JoyGenLoad3DMMModels": 182, "JoyGenLoadEditModels": 156,
+                    "JoyGenLoadAudio2Motion": 130}.get(node_type, 104) + 40
+    return nodes, [nid for nid, _ in loaders]
+
+
 def composable(audio_only: bool = False) -> Spec:
-    """Core LoadVideo / GetVideoComponents / LoadAudio -> the JoyGen steps -> CreateVideo / SaveVideo."""
-    x = [0, 380, 760, 1140, 1520, 1900, 2280]
+    """Core LoadVideo / GetVideoComponents / LoadAudio -> the JoyGen steps -> CreateVideo / SaveVideo.
+
+    With depth: audio to motion -> Adjust Motion -> Render Depth, and Plot Motion (the adjusted and the raw
+    motion, and the video's own mouth) -> Preview Image.
+    """
+    x = X
+    loaders = [(4, "JoyGenLoad3DMMModels")] + ([] if audio_only else [(5, "JoyGenLoadAudio2Motion")]) + [
+        (6, "JoyGenLoadWhisper"), (7, "JoyGenLoadEditModels"), (8, "JoyGenLoadFaceParser")]
+    models, model_ids = _inputs_and_models(loaders)
+    e = 5 if audio_only else 7  # the edit column: after the mouth depth
     nodes = [
         N(1, "LoadVideo", (x[0], 0), {"file": VIDEO_FILE}, "Load Video (face to edit)"),
-        N(2, "LoadAudio", (x[0], 420), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
+        N(2, "LoadAudio", (x[0], 400), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
         N(3, "GetVideoComponents", (x[1], 0)),
-        _loader(4, "JoyGenLoad3DMMModels", (x[1], 180)),
-        _loader(6, "JoyGenLoadWhisper", (x[1], 660 if not audio_only else 420)),
-        _loader(7, "JoyGenLoadEditModels", (x[1], 820 if not audio_only else 580)),
-        _loader(8, "JoyGenLoadFaceParser", (x[1], 1040 if not audio_only else 800)),
+        *models,
         N(9, "JoyGen3DMMReconstruct", (x[2], 0), {"face_policy": "largest", "smooth": False}),
         N(10, "JoyGenFitLength", (x[3], 0), {"mode": "pingpong"}),
-        N(12, "JoyGenAudioFeatures", (x[4], 380)),
-        N(14, "JoyGenEdit", (x[5], 0), {"blend": "parsing", "audio_only": audio_only, "reference": "same frame"}),
-        N(15, "CreateVideo", (x[6], 0), {"fps": 25.0}),
-        N(16, "SaveVideo", (x[6], 180), {"filename_prefix": "joygen/audio_only" if audio_only else "joygen/composable",
-                                          "format": "auto", "codec": "auto"}, width=360),
+        N(12, "JoyGenAudioFeatures", (x[4], LOWER + (300 if not audio_only else 0))),
+        N(14, "JoyGenEdit", (x[e], 0), {"blend": "parsing", "audio_only": audio_only, "reference": "same frame"}),
+        N(15, "CreateVideo", (x[e + 1], 0), {"fps": 25.0}),
+        N(16, "SaveVideo", (x[e + 2], 0), {"filename_prefix": f"joygen/{'audio_only' if audio_only else 'composable'}",
+                                            "format": "auto", "codec": "auto"}, width=360),
     ]
     links = [
         (1, "VIDEO", 3, "video"),
@@ -97,23 +120,28 @@ def composable(audio_only: bool = False) -> Spec:
         (15, "VIDEO", 16, "video"),
     ]
     groups = [("Inputs (replace the file names)", [1, 2, 3], "#3f789e"),
-              ("Models (models/joygen)", [4, 6, 7, 8] + ([] if audio_only else [5]), "#8A8"),
+              ("Models (models/joygen)", model_ids, "#8A8"),
               ("Per video: face track, fitted to the audio", [9, 10], "#b58b2a"),
-              ("Per audio: features" + ("" if audio_only else ", motion and mouth depth"),
-               [12] + ([] if audio_only else [11, 13, 17]), "#a1309b"),
+              ("Per audio: features" + ("" if audio_only else ", motion, mouth depth and a plot of the mouth"),
+               [12] + ([] if audio_only else [11, 18, 13, 19, 17, 20]), "#a1309b"),
               ("Edit and save", [14, 15, 16], "#88A")]
     if not audio_only:
         nodes += [
-            _loader(5, "JoyGenLoadAudio2Motion", (x[1], 420)),
-            N(11, "JoyGenAudio2Motion", (x[4], 0), {"seed": 0, "temperature": 0.2, "mouth_amp": 0.45}),
-            N(13, "JoyGenRenderDepth", (x[5], 560), {"backend": "auto"}),
-            N(17, "PreviewImage", (x[6], 560), title="Preview mouth depth"),
+            N(11, "JoyGenAudio2Motion", (x[4], LOWER), {"seed": 0, "temperature": 0.2, "mouth_amp": 0.45}),
+            N(18, "JoyGenAdjustMotion", (x[5], LOWER), {"amplitude": 1.0, "smoothing_hz": 0.0, "shift_frames": 0.0}),
+            N(13, "JoyGenRenderDepth", (x[6], LOWER), {"backend": "auto"}),
+            N(19, "JoyGenPlotMotion", (x[6], LOWER + 220)),
+            N(17, "PreviewImage", (x[7], LOWER), title="Preview mouth depth", width=300, height=200),
+            N(20, "PreviewImage", (x[7], LOWER + 240), title="Preview mouth opening", width=500, height=240),
         ]
         links += [
             (5, "audio2motion", 11, "audio2motion"), (2, "AUDIO", 11, "audio"), (3, "fps", 11, "fps"),
             (10, "frame_count", 11, "frame_count"),
-            (10, "face_track", 13, "face_track"), (4, "recon_models", 13, "recon_models"), (11, "motion", 13, "motion"),
+            (11, "motion", 18, "motion"),
+            (10, "face_track", 13, "face_track"), (4, "recon_models", 13, "recon_models"), (18, "motion", 13, "motion"),
             (13, "mouth_depth", 14, "mouth_depth"), (13, "mouth_depth", 17, "images"),
+            (18, "motion", 19, "motion"), (11, "motion", 19, "motion_b"), (10, "face_track", 19, "face_track"),
+            (4, "recon_models", 19, "recon_models"), (19, "plot", 20, "images"),
         ]
     if audio_only:
         name = "joygen_audio_only"
@@ -123,10 +151,78 @@ def composable(audio_only: bool = False) -> Spec:
     else:
         name = "joygen_composable"
         note = ("**JoyGen lip sync, step by step**: face track (3DMM) of the video, fitted to the speech's "
-                "length; audio to motion -> mouth depth; Whisper audio features; one UNet step per frame, "
-                "blended back; Create Video with the driving speech.\n\n" + _COMMON_NOTE)
-    nodes.append(N(99, "MarkdownNote", (x[0], 760 if not audio_only else 660), {"text": note}, "Read me", width=340))
+                "length; audio to motion -> Adjust Motion (mouth amplitude, smoothing in Hz, shift in frames; "
+                "the defaults change nothing) -> mouth depth; Whisper audio features; one UNet step per frame, "
+                "blended back; Create Video with the driving speech. Plot Motion shows the mouth opening over "
+                "time: adjusted (blue), as predicted (orange), the video's own mouth (green).\n\n" + _COMMON_NOTE)
+    nodes.append(N(99, "MarkdownNote", (x[0], 1360 if audio_only else 1500), {"text": note}, "Read me", width=340))
     return Spec(name, note, sorted(nodes, key=lambda n: n.id), links, groups)
+
+
+def video_driven() -> Spec:
+    """A driver video's mouth drives another video: its face track -> Motion from Video -> Render Depth -> Edit,
+    with the driver's speech for the Whisper features and the sound."""
+    x = X
+    models, model_ids = _inputs_and_models([(4, "JoyGenLoad3DMMModels"), (6, "JoyGenLoadWhisper"),
+                                            (7, "JoyGenLoadEditModels"), (8, "JoyGenLoadFaceParser")])
+    nodes = [
+        N(1, "LoadVideo", (x[0], 0), {"file": VIDEO_FILE}, "Load Video (face to edit)"),
+        N(2, "LoadVideo", (x[0], 400), {"file": DRIVER_FILE}, "Load Video (driver: mouth and speech)"),
+        N(3, "GetVideoComponents", (x[1], 0), title="Get Video Components (face to edit)"),
+        N(21, "GetVideoComponents", (x[1], 400), title="Get Video Components (driver)"),
+        *models,
+        N(9, "JoyGen3DMMReconstruct", (x[2], 0), {"face_policy": "largest", "smooth": False}),
+        N(10, "JoyGenFitLength", (x[3], 0), {"mode": "pingpong"}),
+        N(22, "JoyGen3DMMReconstruct", (x[2], LOWER), {"face_policy": "largest", "smooth": False},
+          "JoyGen 3DMM Reconstruct (driver)"),
+        N(23, "JoyGenMotionFromVideo", (x[4], LOWER), {"target_fps": 25.0, "frame_count": 0, "source_fps": 0.0}),
+        N(12, "JoyGenAudioFeatures", (x[4], 0)),
+        N(13, "JoyGenRenderDepth", (x[5], LOWER), {"backend": "auto"}),
+        N(19, "JoyGenPlotMotion", (x[5], LOWER + 200)),
+        N(17, "PreviewImage", (x[6], LOWER), title="Preview mouth depth", width=300, height=200),
+        N(20, "PreviewImage", (x[6], LOWER + 240), title="Preview mouth opening", width=500, height=240),
+        N(14, "JoyGenEdit", (x[6], 0), {"blend": "parsing", "audio_only": False, "reference": "same frame"}),
+        N(15, "CreateVideo", (x[7], 0), {"fps": 25.0}),
+        N(16, "SaveVideo", (x[8], 0), {"filename_prefix": "joygen/video_driven", "format": "auto", "codec": "auto"},
+          width=360),
+    ]
+    links = [
+        (1, "VIDEO", 3, "video"), (2, "VIDEO", 21, "video"),
+        (3, "images", 9, "images"), (4, "recon_models", 9, "recon_models"), (3, "fps", 9, "fps"),
+        (3, "images", 10, "images"), (3, "fps", 10, "fps"), (21, "audio", 10, "audio"),
+        (9, "face_track", 10, "face_track"),
+        (21, "images", 22, "images"), (4, "recon_models", 22, "recon_models"), (21, "fps", 22, "fps"),
+        (22, "face_track", 23, "face_track"), (3, "fps", 23, "target_fps"), (10, "frame_count", 23, "frame_count"),
+        (6, "whisper", 12, "whisper"), (21, "audio", 12, "audio"), (3, "fps", 12, "fps"),
+        (10, "frame_count", 12, "frame_count"),
+        (10, "face_track", 13, "face_track"), (4, "recon_models", 13, "recon_models"), (23, "motion", 13, "motion"),
+        (13, "mouth_depth", 17, "images"),
+        (23, "motion", 19, "motion"), (22, "face_track", 19, "face_track"), (4, "recon_models", 19, "recon_models"),
+        (19, "plot", 20, "images"),
+        (10, "images", 14, "images"), (10, "face_track", 14, "face_track"), (7, "edit_models", 14, "edit_models"),
+        (12, "audio_features", 14, "audio_features"), (13, "mouth_depth", 14, "mouth_depth"),
+        (8, "face_parser", 14, "face_parser"),
+        (14, "images", 15, "images"), (3, "fps", 15, "fps"), (21, "audio", 15, "audio"),
+        (15, "VIDEO", 16, "video"),
+    ]
+    groups = [("Inputs (replace the file names)", [1, 2, 3, 21], "#3f789e"),
+              ("Models (models/joygen)", model_ids, "#8A8"),
+              ("Video to edit: face track, fitted to the driver's length", [9, 10], "#b58b2a"),
+              ("Driver's speech: features", [12], "#a1309b"),
+              ("Driver's mouth: face track -> motion", [22, 23], "#2a8b8b"),
+              ("Mouth depth and a plot of the mouth", [13, 19, 17, 20], "#a1309b"),
+              ("Edit and save", [14, 15, 16], "#88A")]
+    note = ("**JoyGen, video-driven editing**: the mouth of a driver video drives the face of another. The "
+            "driver's face track (3DMM) gives its 64 expression coefficients per frame; Motion from Video re-times "
+            "them to the edited video's fps and length (frames where the driver shows no face are filled from their "
+            "neighbours; its `info` output says what was done); they are rendered as mouth depth on the edited "
+            "video's faces. The driver's speech gives the Whisper features and the sound, and the edited video is "
+            "fitted to its length. Plot Motion compares the motion with the driver's own mouth.\n\n"
+            f"Replace `{VIDEO_FILE}` (a video with one visible face, to edit) and `{DRIVER_FILE}` (someone speaking, "
+            "with sound) with your own files. The loaders default to the official `pretrained_models` bundle in "
+            "`ComfyUI/models/joygen/`; see the pack's README.")
+    nodes.append(N(99, "MarkdownNote", (x[0], 1360), {"text": note}, "Read me", width=340))
+    return Spec("joygen_video_driven", note, sorted(nodes, key=lambda n: n.id), links, groups)
 
 
 def all_in_one() -> Spec:
@@ -185,6 +281,8 @@ def _widget_values(n: N, d: NodeDef) -> list[Any]:
 
 
 def _size(d: NodeDef, n: N, linked_widgets: int) -> list[float]:
+    if n.height is not None:
+        return [n.width, n.height]
     rows = max(len(d.sockets) + linked_widgets, len(d.outputs))
     height = 30 + 22 * rows + 26 * len(d.widgets) + (230 if n.type in ("LoadVideo", "LoadAudio", "SaveVideo") else 0)
     return [n.width, height if n.type != "MarkdownNote" else 260]
@@ -281,7 +379,7 @@ def build_all(out: Path) -> list[Path]:
     titles = {**CORE_TITLES, **pack.NODE_DISPLAY_NAME_MAPPINGS}
     (out / "api").mkdir(parents=True, exist_ok=True)
     written = []
-    for spec in (composable(), all_in_one(), composable(audio_only=True)):
+    for spec in (composable(), all_in_one(), composable(audio_only=True), video_driven()):
         ui = build_ui(spec, defs)
         api = build_api(ui, defs, titles)
         for path, data in ((out / f"{spec.name}.json", ui), (out / "api" / f"{spec.name}.json", api)):
