@@ -418,6 +418,36 @@ def read_frames(path: Path | str, fps: float | Fraction | None = None, max_frame
     return np.concatenate(chunks)
 
 
+def probe_audio(path: Path | str) -> None:
+    """A cheap check, before any model loads, that ``path`` has an audio track :func:`read_audio` can use.
+
+    Decodes packet by packet (damage is skipped, as :func:`read_audio` skips it) until the first finite sample,
+    so a good file costs one packet; a track with nothing decodable, or only NaN / inf samples (read to its
+    end), is the :class:`MediaError` :func:`read_audio` would raise later.
+    """
+    path = Path(path)
+    error = _av_error()
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path} has no audio track. Give an audio file, or a video that has sound.")
+        stream = container.streams.audio[0]
+        damage = _Damage(path)
+        samples = 0
+        try:
+            for frame in _safe_decode(container, stream, damage):
+                if frame.samples:
+                    if np.isfinite(frame.to_ndarray()).any():
+                        return
+                    samples += frame.samples * max(len(frame.layout.channels), 1)
+        except error as exc:
+            raise MediaError(f"Cannot decode the audio of {path} ({exc}). Is it a complete media file?") from exc
+    if samples:
+        raise MediaError(f"{path} holds no usable audio: all {samples} of its samples are NaN or infinite. "
+                         "Give another audio file (or export this one again).")
+    why = " that can be decoded (the file is damaged)" if damage.seen else ""
+    raise MediaError(f"{path}: its audio track holds no samples{why}.")
+
+
 def read_audio(path: Path | str) -> AudioClip:
     """Decode the first audio stream of an audio or video file to float32 [C, T] at its own rate.
 
