@@ -259,3 +259,24 @@ def test_adjust_output_drives_depth_rendering_shapes():
     m = _motion(33, 29.97)
     out = adjust_motion(m, amplitude=1.3, shift_frames=-1.5)
     assert out.exp.shape == (33, 64) and out.exp.dtype == torch.float32 and math.isclose(out.fps, 29.97)
+
+
+def test_video_driven_chain_motion_from_video_into_render_depth(pack):
+    """A 30 fps driver's face track drives the mouth depth of a 25 fps video: Motion from Video -> Render Depth."""
+    from types import SimpleNamespace
+
+    from test_node_depth import small_bfm, small_track
+
+    from joygen_pack.nodes.depth import JoyGenRenderDepth
+    from joygen_pack.nodes.motion import JoyGenMotionFromVideo
+
+    target = small_track(4)  # 25 fps; frame 1 has no face
+    driver = _track(5, 30.0)
+    driver.coeffs[:, 80:144] = 0
+    driver.coeffs[2:, 80] = 1.0  # the driver's mouth opens from 0.067 s on
+    motion, n, info = JoyGenMotionFromVideo().run(driver, 25.0, len(target))
+    assert n == 4 and torch.allclose(motion.exp[:, 0], torch.tensor([0.0, 0.2, 1.0, 1.0]))
+    assert "re-timed 5 frames at 30 fps" in info
+    mouth, _ = JoyGenRenderDepth().render(target, SimpleNamespace(bfm=small_bfm()), "torch", motion=motion)
+    assert mouth.shape[0] == 4 and float(mouth[1].abs().max()) == 0  # no face: black
+    assert not torch.equal(mouth[0], mouth[2]) and torch.equal(mouth[2], mouth[3])  # closed vs open; same open

@@ -176,3 +176,13 @@ def test_plot_refuses_nothing_and_too_small():
         plot_mouth_opening([], None)
     with pytest.raises(InputError, match="at least 240"):
         plot_mouth_opening(_motion(), None, width=100, height=100)
+
+
+def test_a_still_mouth_draws_flat():
+    """Sub-millimetre jitter of a closed mouth is not stretched to fill the plot (the axis spans >= 4 mm)."""
+    still = _motion()
+    still.exp[:, 0] = 0.02 * torch.sin(torch.arange(len(still)) * 1.3)  # +-0.2 mm
+    img = plot_mouth_opening(still, tiny_bfm(), width=800, height=300)
+    h = _curve_height(img, COLOURS[0])
+    h = h[h >= 0]
+    assert h.max() - h.min() < 0.12 * (300 - BELOW_LEGEND)

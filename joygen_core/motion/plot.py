@@ -26,6 +26,7 @@ INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))  # iBUG 68 (0-based): upper inn
 DM_TO_MM = 100.0
 COLOURS = ((31, 119, 180), (230, 110, 20), (44, 160, 44))  # first motion, second motion, face track
 NO_FACE_SHADE = (232, 232, 232)
+MIN_SPAN_MM = 4.0
 
 
 def mouth_opening(exp: torch.Tensor, bfm: BFM) -> torch.Tensor:
@@ -146,8 +147,12 @@ def _legend_layout(entries: Sequence[tuple[str, tuple]], draw, font, left: int, 
 
 
 def plot_series(series: Sequence[Series], ylabel: str, *, title: str = "Mouth opening", width: int = 960,
-                height: int = 360) -> np.ndarray:
-    """Draw curves over time (seconds) with labelled axes, a grid and a legend -> uint8 [height, width, 3]."""
+                height: int = 360, min_span: float = 0.0) -> np.ndarray:
+    """Draw curves over time (seconds) with labelled axes, a grid and a legend -> uint8 [height, width, 3].
+
+    The y axis spans at least ``min_span`` (centred on the data), so a nearly still mouth draws as a nearly
+    flat line instead of being stretched to fill the plot.
+    """
     from PIL import Image, ImageDraw
 
     width, height = int(width), int(height)
@@ -171,7 +176,12 @@ def plot_series(series: Sequence[Series], ylabel: str, *, title: str = "Mouth op
     t_end = max(max(len(x.values) - 1, 1) / x.fps for x in series)
     finite = np.concatenate([x.values[np.isfinite(x.values)] for x in series] + [np.zeros(0)])
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if hi - lo < 1e-6:
+    if hi - lo < min_span:  # widen around the data, never below 0 for data that is not
+        mid = (hi + lo) / 2
+        floor = min(lo, 0.0)
+        lo = max(mid - min_span / 2, floor)
+        hi = lo + min_span
+    if hi - lo <= 1e-6:
         lo, hi = lo - 1.0, hi + 1.0
     pad = 0.08 * (hi - lo)
     lo, hi = lo - pad, hi + pad
@@ -263,4 +273,6 @@ def plot_mouth_opening(motions: Motion | Sequence[Motion], bfm: BFM | None = Non
     if title is None:
         title = ("Mouth opening (inner-lip gap, BFM mean face)" if bfm is not None
                  else "Expression activity (connect a BFM to see the mouth opening in mm)")
-    return plot_series(series, ylabel, title=title, width=width, height=height)
+    # at least 4 mm of axis: jitter of a closed mouth stays flat, a spoken syllable (5-20 mm) stands out
+    return plot_series(series, ylabel, title=title, width=width, height=height,
+                       min_span=MIN_SPAN_MM if bfm is not None else 0.0)
