@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_metrics import _loudness_video, _LoudnessEmbedder
 
 from joygen_core.audio.prepare import to_mono_16k
 from joygen_core.errors import InputError, MediaError, ModelFileError
@@ -24,7 +25,6 @@ from joygen_core.face.track import FaceTrack
 from joygen_core.score import SYNCNET_FILE, retime_index, score_crops, score_frames, score_video, syncnet_file
 from joygen_core.video.convert import audio_to_comfy, uint8_to_image
 from joygen_core.video.io import read_audio, read_frames, write_video
-from test_train_metrics import _LoudnessEmbedder, _loudness_video
 from train.metrics import syncnet as S
 
 ROOT = Path(__file__).resolve().parents[1]
