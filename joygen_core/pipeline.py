@@ -160,22 +160,6 @@ def load_models(store: ModelStore, device: torch.device | str = "cpu", dtype: to
 # ---------------------------------------------------------------- checks before any work
 
 
-def probe_audio(path: Path) -> None:
-    """A cheap check that ``path`` holds a decodable audio track: opened, decoded up to its first samples."""
-    from .video.io import _open
-
-    with _open(path) as container:
-        if not container.streams.audio:
-            raise MediaError(f"{path} has no audio track. Give an audio file, or a video that has sound.")
-        try:
-            for frame in container.decode(container.streams.audio[0]):
-                if frame.samples:
-                    return
-        except Exception as exc:  # av.error.* subclasses vary between versions
-            raise MediaError(f"{path}: its audio track cannot be decoded ({exc}).") from exc
-    raise MediaError(f"{path}: its audio track holds no samples.")
-
-
 def check_output(out: Path | str, *, overwrite: bool = False, inputs: tuple = ()) -> None:
     """Fail before any work when ``out`` cannot be written: it exists (without ``overwrite``), it is one of the
     ``inputs``, or its folder cannot be created or written (read-only, full). Leftovers of killed runs in that
@@ -199,11 +183,11 @@ def check_inputs(video: Path | str, audio: Path | str | AudioClip, out: Path | s
                  overwrite: bool = False) -> None:
     """Everything about the files that can fail, checked in seconds before any model loads: the video probes, the
     audio has a decodable audio track, the output can be written (see :func:`check_output`)."""
-    from .video.io import probe_video
+    from .video.io import probe_audio, probe_video
 
     probe_video(video)
     if not isinstance(audio, AudioClip):
-        probe_audio(Path(audio))
+        probe_audio(audio)
     check_output(out, overwrite=overwrite, inputs=(video, audio))
 
 
