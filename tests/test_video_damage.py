@@ -12,7 +12,15 @@ import pytest
 
 from joygen_core.errors import MediaError
 from joygen_core.video import io
-from joygen_core.video.io import FrameReader, iter_frames, probe_audio, probe_video, read_audio, read_frames
+from joygen_core.video.io import (
+    DamagedStreamError,
+    FrameReader,
+    iter_frames,
+    probe_audio,
+    probe_video,
+    read_audio,
+    read_frames,
+)
 
 N, W, H, RATE = 75, 64, 48, 16000
 
@@ -144,3 +152,22 @@ def test_nothing_decodable_is_one_clear_error(tmp_path):
     for check in (probe_audio, read_audio):
         with pytest.raises(MediaError, match="no samples that can be decoded"):
             check(bad)
+
+
+def test_strict_reading_refuses_damage_and_passes_intact_files(tmp_path):
+    """``strict=True`` (training data: genuine frames only) raises at the damage instead of holding frames."""
+    whole = _mp4(tmp_path / "whole.mp4", faststart=True)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    garbage = bytearray(data)
+    garbage[len(data) // 2:len(data) // 2 + 20_000] = bytes(20_000)
+    bad = tmp_path / "garbage.mp4"
+    bad.write_bytes(bytes(garbage))
+    assert sum(c.shape[0] for c in iter_frames(whole, strict=True)) == N
+    for path in (cut, bad):
+        got = []
+        with pytest.raises(DamagedStreamError, match=r"video stream is damaged near \d+\.\d\d s.*re-encode"):
+            for chunk in iter_frames(path, chunk_size=4, fps=25, strict=True):
+                got.append(chunk)
+        assert isinstance(DamagedStreamError("x"), MediaError) and 0 < sum(c.shape[0] for c in got) < N

@@ -43,6 +43,10 @@ class VideoInfo:
     """Seconds: frame i of a constant-rate file is shown at ``start_time + i / fps``."""
 
 
+class DamagedStreamError(MediaError):
+    """A stream read with ``strict=True`` holds damage: a packet the decoder refused, or the file cut short."""
+
+
 @dataclass
 class AudioClip:
     """A decoded audio track: float32 waveform [C, T] in [-1, 1] and its sample rate."""
@@ -335,10 +339,25 @@ def _held(frames: Iterable[tuple[np.ndarray, float | None]], fps: Fraction, t0: 
             i += 1
 
 
-def _video_frames(path: Path, info: VideoInfo) -> Iterator[tuple[np.ndarray, float | None]]:
+def _video_frames(path: Path, info: VideoInfo, strict: bool = False) -> Iterator[tuple[np.ndarray, float | None]]:
     """Decoded frames with their times; for a constant-rate file damaged spans are held (:func:`_held`) so
-    exactly ``info.frame_count`` frames come out. One warning names the damaged frames."""
+    exactly ``info.frame_count`` frames come out. One warning names the damaged frames. ``strict``: the first
+    damage raises :class:`DamagedStreamError` instead (only genuine frames come out)."""
     damage = _Damage(path)
+    if strict:
+        frames = _decoded(path, damage)
+        try:
+            for item in frames:
+                if damage.seen:
+                    break
+                yield item
+        finally:
+            frames.close()
+        if damage.seen:
+            near = f" near {min(damage.lost_times) - info.start_time:.2f} s" if damage.lost_times else ""
+            raise DamagedStreamError(f"{path}: its video stream is damaged{near} (a packet the decoder refuses, "
+                                     "or the file cut short); re-encode or replace the file.")
+        return
     try:
         if info.variable_frame_rate:  # times carry the timing: the re-timer holds frames across gaps
             yield from _decoded(path, damage)
@@ -379,6 +398,7 @@ def iter_frames(
     fps: float | Fraction | None = None,
     start: int = 0,
     max_frames: int | None = None,
+    strict: bool = False,
 ) -> Iterator[np.ndarray]:
     """Decode a video to RGB uint8 chunks [n, H, W, 3] (rotation applied, any pixel format).
 
@@ -386,14 +406,16 @@ def iter_frames(
     presentation time, each output frame showing the nearest source frame. ``start`` / ``max_frames``
     count output frames. Only one chunk is held in memory at a time. A damaged stream decodes as ffmpeg
     decodes it: frames lost inside it show the last good frame (one warning names them), a cut file ends early.
+    ``strict=True`` (training data, which wants only genuine frames): the first damage raises
+    :class:`DamagedStreamError` instead.
     """
     info = probe_video(path)
     target = as_fraction(fps) if fps is not None else (info.fps if info.variable_frame_rate else None)
     source: Iterator[np.ndarray]
     if target is None:
-        source = (arr for arr, _ in _video_frames(info.path, info))
+        source = (arr for arr, _ in _video_frames(info.path, info, strict))
     else:
-        source = _retimed(_video_frames(info.path, info), target,
+        source = _retimed(_video_frames(info.path, info, strict), target,
                           info.duration if not info.variable_frame_rate else None)
     chunk: list[np.ndarray] = []
     stop = None if max_frames is None else start + max_frames
