@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from joygen_core.errors import JoyGenError, MediaError
+from joygen_core.video.io import DamagedStreamError
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +385,8 @@ def prepare_video(path: Path, out_dir: Path, models: PrepareModels, settings: Pr
             record["frames_total"] = n_est
         else:
             pos = 0
-            for chunk in iter_frames(path, chunk_size=settings.chunk_size, fps=fps):
+            # training takes genuine frames only: a damaged stream fails the video instead of holding frames
+            for chunk in iter_frames(path, chunk_size=settings.chunk_size, fps=fps, strict=True):
                 n = chunk.shape[0]
                 index = torch.arange(pos, pos + n)
                 pos += n
@@ -498,6 +500,8 @@ def _run_one(path: Path, out_dir: Path, models: PrepareModels, settings: Prepare
     try:
         rec = prepare_video(path, out_dir, models, settings, progress=progress)
         return {"video": str(path), "outcome": "prepared", "record": rec}
+    except DamagedStreamError as exc:
+        return {"video": str(path), "outcome": "failed", "error": f"corrupt: {exc}"}
     except MediaError as exc:
         return {"video": str(path), "outcome": "failed", "error": f"unreadable: {exc}"}
     except Exception as exc:  # a corrupt stream can fail deep inside the decoder: report, go on
