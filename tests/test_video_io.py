@@ -99,7 +99,18 @@ def test_retime_to_25fps_and_vfr(tmp_path):
 def test_rotation_metadata_is_applied(tmp_path):
     frame = np.zeros((1, 32, 64, 3), dtype=np.uint8)
     frame[0, :, :8] = 255  # a bright stripe on the left edge
-    path = _raw_video(tmp_path / "rot.mp4", np.repeat(frame, 3, 0), [0, 1, 2], Fraction(1, 25), rotation=90)
+    frames = np.repeat(frame, 3, 0)
+    if hasattr(av.video.stream.VideoStream, "set_display_rotation"):  # PyAV 15+
+        path = _raw_video(tmp_path / "rot.mp4", frames, [0, 1, 2], Fraction(1, 25), rotation=90)
+    else:  # older PyAV cannot write a display matrix: ffmpeg's CLI adds one to a stream copy
+        import subprocess
+
+        import imageio_ffmpeg
+
+        plain = _raw_video(tmp_path / "plain.mp4", frames, [0, 1, 2], Fraction(1, 25))
+        path = tmp_path / "rot.mp4"
+        subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-display_rotation:v:0", "90", "-i",
+                        str(plain), "-c", "copy", str(path)], check=True)
     info = probe_video(path)
     assert info.rotation in (90, 270) and (info.width, info.height) == (32, 64)
     out = read_frames(path)
@@ -275,3 +286,30 @@ def test_mp3_driving_audio_decodes_to_its_length_in_place(tmp_path):
     assert back.sample_rate == rate and back.channels == 2 and abs(back.duration - seconds) < 0.002
     a, b = back.waveform[0, rate:2 * rate].numpy(), clip.waveform[0, rate:2 * rate].numpy()
     assert np.corrcoef(a, b)[0, 1] > 0.99  # not shifted by the encoder's delay
+
+
+def test_write_failure_is_one_error_and_leaves_nothing(tmp_path):
+    """A disk that fills mid-encode (RLIMIT_FSIZE here) is one MediaError, not a second error from closing the
+    container, and no hidden partial file stays."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, signal, numpy as np
+        from joygen_core.errors import MediaError
+        from joygen_core.video.io import write_video
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+        frames = np.random.default_rng(0).integers(0, 255, (40, 256, 256, 3), dtype=np.uint8)
+        try:
+            write_video({str(tmp_path / 'out.mp4')!r}, iter([frames]), fps=25)
+        except MediaError as exc:
+            assert exc.__context__ is None or not isinstance(exc.__context__, MediaError)
+            print("MEDIAERROR", exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert "MEDIAERROR Cannot write" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []

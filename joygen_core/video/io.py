@@ -7,6 +7,7 @@ written to a temporary name and renamed only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -583,7 +584,8 @@ def write_video(
     tmp = path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
     n_frames = 0
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        container = av.open(str(tmp), mode="w", format="mp4")
+        try:
             vstream = None
             astream = None
             a_data = None
@@ -667,7 +669,17 @@ def write_video(
             if astream is not None:
                 for packet in astream.encode():
                     container.mux(packet)
+        except BaseException:
+            # closing writes the trailer: after a failed write that fails too, and would hide the first error
+            with contextlib.suppress(Exception):
+                container.close()
+            raise
+        container.close()
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, file too large, folder gone
+        tmp.unlink(missing_ok=True)
+        raise MediaError(f"Cannot write {path}: {exc.strerror or exc}. Free some space or choose another folder."
+                         ) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
