@@ -66,6 +66,20 @@ if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Runs that use the default per-video cache write into a temp folder, never the user's ~/.cache/joygen."""
+    import os
+
+    old = os.environ.get("JOYGEN_CACHE")
+    os.environ["JOYGEN_CACHE"] = str(tmp_path_factory.mktemp("joygen_cache"))
+    yield
+    if old is None:
+        os.environ.pop("JOYGEN_CACHE", None)
+    else:
+        os.environ["JOYGEN_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def pack():
     """The node pack as ComfyUI imports it (``joygen_pack.nodes...``)."""
