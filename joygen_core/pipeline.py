@@ -74,6 +74,8 @@ class LipSyncOptions:
     chunk_frames: int = 64
     raster_backend: str = "auto"
     crf: int = 18
+    motion_amplitude: float = 1.0  # audio-driven mouth scaled around its mean expression (1: as predicted)
+    motion_shift: float = 0.0  # audio-driven mouth delayed by this many frames (negative: earlier)
 
     def video_key(self) -> dict:
         """The settings that shape the cached per-video work."""
@@ -108,6 +110,8 @@ class LipSyncReport:
     frames_with_face: int = 0
     cache_hit: bool = False
     seconds: dict = field(default_factory=dict)
+    motion: object | None = None  # motion.types.Motion that drove the mouth depth (None: audio-only)
+    face_track: object | None = None  # the face track fitted to the output length (for plots)
 
 
 def fingerprint(weights: torch.nn.Module | torch.Tensor) -> str:
@@ -295,6 +299,7 @@ def audio_conditioning(models: PipelineModels, whisper16k: torch.Tensor, motion1
     from .audio.whisper import whisper_hidden_states
     from .audio.windows import frame_windows
     from .motion.a2m import audio_to_motion
+    from .motion.adjust import adjust_motion
 
     states = whisper_hidden_states(models.whisper, whisper16k, dtype=torch.float16)
     windows = frame_windows(n_out, fps, states.shape[0])
@@ -304,6 +309,7 @@ def audio_conditioning(models: PipelineModels, whisper16k: torch.Tensor, motion1
     if options.use_depth:
         motion = audio_to_motion(models.a2m, models.hubert, motion16k, fps, n_out, seed=options.seed,
                                  temperature=options.temperature, mouth_amp=options.mouth_amp)
+        motion = adjust_motion(motion, amplitude=options.motion_amplitude, shift_frames=options.motion_shift)
         exp = motion.exp
     if progress is not None:
         progress("audio", 2, 2)
@@ -358,7 +364,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     """
     import tempfile
 
-    from .audio.prepare import to_mono_16k, to_motion_16k
+    from .audio.prepare import finite_audio, to_mono_16k, to_motion_16k
     from .edit import editor
     from .render.depth import render_mouth_depth
     from .video.io import FrameReader, probe_video, read_audio, write_video
@@ -375,6 +381,8 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
     clip = audio if isinstance(audio, AudioClip) else read_audio(audio)
     if clip.waveform.shape[-1] == 0:
         raise MediaError("The driving audio holds no samples.")
+    # cleaned once (NaN / inf -> silence, one warning) for the models and the output track alike
+    clip = AudioClip(finite_audio(clip.waveform, "The driving audio"), clip.sample_rate)
     # before the long per-video pass, so bad audio fails at once; mono input is the same signal for both
     whisper16k = to_mono_16k(clip.waveform, clip.sample_rate)
     motion16k = whisper16k if clip.channels == 1 or not options.use_depth else to_motion_16k(clip.waveform,
@@ -398,9 +406,11 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         track = cache.track()
         meta = cache.meta()
         n_src, chunk_len = meta["frames"], meta["chunk"]
-        n_out = frames_for_duration(clip.duration, info.fps)
-        index = fit_length(n_src, n_out, options.length_mode)
+        n_audio = frames_for_duration(clip.duration, info.fps)
+        index = fit_length(n_src, n_audio, options.length_mode)
         n_out = int(index.numel())
+        if n_out < n_audio:  # trim: the video ran out first, so the audio track ends with it
+            clip = AudioClip(clip.waveform[:, : int(round(n_out / fps * clip.sample_rate))], clip.sample_rate)
         report.frames, report.fps = n_out, fps
 
         t1 = time.perf_counter()
@@ -408,6 +418,11 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         del whisper16k, motion16k
         trim_heap()
         report.seconds["audio (whisper, motion)"] = time.perf_counter() - t1
+        report.face_track = track.select(index)
+        if exp is not None:
+            from .motion.types import Motion
+
+            report.motion = Motion(exp, fps)
 
         edit = models.edit
         black = None if options.use_depth else editor.black_depth_latent(edit)

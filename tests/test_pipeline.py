@@ -225,7 +225,8 @@ def test_smoothing_spans_chunk_borders(models, clip_dir, tmp_path):
     lip_sync(clip_dir / "face.mp4", short, tmp_path / "o.mp4", models, _opts(use_depth=False, smooth=True),
              cache_root=tmp_path / "cache")
     track = VideoCache(next((tmp_path / "cache").iterdir())).track()
-    whole = smooth_detections(detect_all(iter([read_frames(clip_dir / "face.mp4")]), models.recon.detector), 25.0)
+    frames = read_frames(clip_dir / "face.mp4")  # detected in the pipeline's chunks (batch numerics), smoothed once
+    whole = smooth_detections(detect_all(iter([frames[:8], frames[8:]]), models.recon.detector), 25.0)
     assert len(track) == 16 and track.meta["smoothed"]
     assert torch.allclose(track.det_box, whole.box, atol=1e-4)  # one smoothing over all 16 frames, not 2 x 8
 
@@ -460,3 +461,14 @@ def test_lip_sync_node_leaves_no_intermediate_file_in_temp(pack, models, clip_di
     with pytest.raises(KeyboardInterrupt):
         run(*args, blend="landmarks")
     assert list(work.iterdir()) == [Path(video.get_stream_source())]
+
+
+def test_trim_ends_the_audio_track_with_the_video(models, clip_dir, tmp_path):
+    """--length trim with audio far longer than the video: the output's audio ends where its frames end."""
+    out = tmp_path / "trim.mp4"
+    report = lip_sync(clip_dir / "face.mp4", clip_dir / "short.wav", out, models, _opts(use_depth=False,
+                      length_mode="trim"), cache_root=tmp_path / "cache")
+    src, res = probe_video(clip_dir / "face.mp4"), probe_video(out)
+    assert report.frames == res.frame_count == src.frame_count == 16
+    assert read_audio(clip_dir / "short.wav").duration > 0.8  # longer than the 0.64 s of video
+    assert abs(read_audio(out).duration - 16 / 25) < 0.05
