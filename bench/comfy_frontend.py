@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only")
+NAMES = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only", "joygen_video_driven")
 # Inputs the editor adds to a prompt for its own preview widgets; the server ignores them.
 FRONTEND_ONLY = {("LoadAudio", "audioUI")}
 

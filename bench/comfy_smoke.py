@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from workflow_check import check_api, check_ui, defs_from_object_info  # noqa: E402
 
-WORKFLOWS = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only")
+WORKFLOWS = ("joygen_composable", "joygen_all_in_one", "joygen_audio_only", "joygen_video_driven")
 
 
 def _get(url: str, timeout: float = 30) -> object:
@@ -50,12 +50,15 @@ def make_media(input_dir: Path, frames: int = 16) -> None:
     from joygen_core.video.io import read_audio, write_video
 
     input_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("talking_face.mp4", "speech.wav"):
+    for name in ("talking_face.mp4", "speech.wav", "driver.mp4"):
         (input_dir / name).unlink(missing_ok=True)
     synth_speech(input_dir / "speech.wav", "Hello, a test.")
     own = synth_speech(input_dir / "_own_speech.wav", "Good morning.")
     write_video(input_dir / "talking_face.mp4", iter([webp_frames(max_frames=frames)]), fps=25.0,
                 audio=read_audio(own))
+    # the video-driven graph's driver: the face at 30 fps (so the motion is re-timed) with the driving speech
+    write_video(input_dir / "driver.mp4", iter([webp_frames(max_frames=max(frames, 40))]), fps=30.0,
+                audio=read_audio(input_dir / "speech.wav"))
     own.unlink()
 
 
@@ -109,7 +112,8 @@ def main() -> int:
     ap.add_argument("--comfy", type=Path, required=True, help="the ComfyUI folder (for input/ and output/)")
     ap.add_argument("--python", default=sys.executable, help="the Python that runs ComfyUI (with --start)")
     ap.add_argument("--start", action="store_true", help="start ComfyUI on CPU here and stop it afterwards")
-    ap.add_argument("--media", action="store_true", help="write talking_face.mp4 and speech.wav into input/")
+    ap.add_argument("--media", action="store_true",
+                    help="write talking_face.mp4, speech.wav and driver.mp4 into input/")
     ap.add_argument("--only", nargs="*", default=list(WORKFLOWS))
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m joygen_core {models,download,edit,demo,cache}``.
+"""Command line: ``python -m joygen_core {models,download,edit,demo,cache,score}``.
 
 Building the parser imports no torch and no model code (``--help`` answers at once); each command imports what
 it needs when it runs, and ``edit`` checks its files before any model loads.
@@ -58,7 +58,8 @@ def _options(args: argparse.Namespace) -> LipSyncOptions:
 
     return LipSyncOptions(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
                           reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
-                          seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf)
+                          seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf,
+                          motion_amplitude=args.motion_amplitude, motion_shift=args.motion_shift)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -76,6 +77,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-frames", type=int, default=64, help="frames held in memory at once")
     p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
+    p.add_argument("--motion-amplitude", type=float, default=1.0,
+                   help="scale the audio-driven mouth around its mean expression (0: the mean, 1: as predicted)")
+    p.add_argument("--motion-shift", type=float, default=0.0, metavar="FRAMES",
+                   help="delay the audio-driven mouth by FRAMES (fractional; negative: earlier). A score offset of "
+                        "+k is undone by -k")
 
 
 def _add_cache_cap(p: argparse.ArgumentParser) -> None:
@@ -122,6 +128,22 @@ def _print_report(report: LipSyncReport) -> None:
         print(f"  {stage:<32} {s:8.2f} s")
 
 
+def _write_plot(path: str | None, report: LipSyncReport, bfm: object) -> None:
+    """``--plot``: the mouth opening of the motion that drove the edit, beside the video's own mouth."""
+    if not path:
+        return
+    if report.motion is None:
+        log.warning("--plot: audio-only editing drives no motion; no plot written")
+        return
+    from PIL import Image
+
+    from .motion.plot import plot_mouth_opening
+
+    img = plot_mouth_opening(report.motion, bfm, report.face_track, labels=["audio-driven motion"])
+    Image.fromarray(img).save(path)
+    print(f"wrote {path}")
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .cache import max_bytes
     from .pipeline import check_inputs, lip_sync, load_models
@@ -136,6 +158,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
                       cache_root=None if args.no_cache else _cache_root(args), overwrite=args.overwrite,
                       progress=_log_progress(), cache_max_gb=args.cache_max_gb)
     _print_report(report)
+    _write_plot(args.plot, report, models.recon.bfm)
     return 0
 
 
@@ -166,6 +189,23 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from .face.detect import load_mtcnn
+    from .score import load_syncnet, score_video, syncnet_file
+
+    device = _device(args.device)
+    weights = Path(args.syncnet) if args.syncnet else syncnet_file(_store(args))
+    report = score_video(args.video, load_syncnet(weights, device), load_mtcnn(device),
+                         max_seconds=args.max_seconds, vshift=args.vshift, device=device)
+    print(report.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 DEMO_OUT = "output/demo.mp4"
 CACHE_DEFAULT_HELP = "$JOYGEN_CACHE, else ~/.cache/joygen (%%LOCALAPPDATA%%\\joygen\\cache on Windows)"
 
@@ -178,6 +218,8 @@ def add_cli_commands(sub: argparse._SubParsersAction) -> None:
     _add_common(e)
     e.add_argument("--cache", help=f"per-video cache folder (default: {CACHE_DEFAULT_HELP})")
     e.add_argument("--no-cache", action="store_true", help="a temporary cache, deleted after the run")
+    e.add_argument("--plot", metavar="PNG", help="also write the mouth opening over time (the motion that drove the "
+                                                 "edit and the video's own mouth) as a picture")
     _add_cache_cap(e)
     e.set_defaults(func=cmd_edit)
     d = sub.add_parser("demo", help="run the whole job on a built-in sample (a real face clip + synthesised speech)")
@@ -202,6 +244,15 @@ def add_cli_commands(sub: argparse._SubParsersAction) -> None:
         else:
             a.add_argument("--older-than", type=float, metavar="DAYS", help="only entries unused for DAYS days")
         a.set_defaults(func=cmd_cache)
+    s = sub.add_parser("score", help="lip-sync scores of a video against its own sound: LSE-D, LSE-C, AV offset")
+    s.add_argument("video", help="a video with one visible face and the sound its lips should follow")
+    s.add_argument("--syncnet", help="syncnet_v2.model (default: syncnet/syncnet_v2.model in the model folder)")
+    s.add_argument("--models", help="the JoyGen model folder (default: $JOYGEN_MODELS or ./models/joygen)")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    s.add_argument("--max-seconds", type=float, help="score only the first seconds")
+    s.add_argument("--vshift", type=int, default=15, help="largest offset searched, in 25 fps frames (official 15)")
+    s.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    s.set_defaults(func=cmd_score)
 
 
 def build_parser() -> argparse.ArgumentParser:

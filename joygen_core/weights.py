@@ -69,6 +69,8 @@ MANIFEST: tuple[ModelFile, ...] = (
     ModelFile("face_parse_backbone", "face-parse-bisent/resnet18-5c106cde.pth",
               "ResNet-18 backbone the BiSeNet file was trained from (not read at inference)",
               "download.pytorch.org/models/resnet18-5c106cde.pth", optional=True),
+    ModelFile("syncnet", "syncnet/syncnet_v2.model", "SyncNet v2 for lip-sync scores (LSE-D / LSE-C; not read to edit)",
+              "joonson/syncnet_python download_model.sh (the SyncNet of Wav2Lip's evaluation)", optional=True),
 )
 
 MANIFEST_BY_KEY = {m.key: m for m in MANIFEST}

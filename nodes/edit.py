@@ -255,6 +255,13 @@ class JoyGenLipSync:
                                           "tooltip": "Audio-to-motion sample scale (official 0.2)."}),
                 "mouth_amp": ("FLOAT", {"default": 0.45, "min": 0.0, "max": 2.0, "step": 0.01,
                                         "tooltip": "Mouth amplitude for audio-to-motion (official 0.45)."}),
+                "motion_amplitude": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                               "tooltip": "Scale the predicted mouth around its mean expression "
+                                                          "(0: the mean, 1: as predicted), as JoyGen Adjust Motion."}),
+                "motion_shift": ("FLOAT", {"default": 0.0, "min": -1000.0, "max": 1000.0, "step": 0.1,
+                                           "tooltip": "Delay the predicted mouth by this many frames (fractional; "
+                                                      "negative: earlier). A Sync Score offset of +k is undone by "
+                                                      "-k."}),
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Faces per UNet/VAE batch."}),
                 "chunk_frames": ("INT", {"default": 64, "min": 8, "max": 4096, "tooltip": "Frames held in memory "
                                  "at once."}),
@@ -273,7 +280,8 @@ class JoyGenLipSync:
 
     def run(self, video, audio, recon_models, whisper, edit_models, length_mode="pingpong", blend="parsing",
             seed=0, audio2motion=None, face_parser=None, face_policy="largest", reference_frame=-1,
-            temperature=0.2, mouth_amp=0.45, batch_size=8, chunk_frames=64, crf=18):
+            temperature=0.2, mouth_amp=0.45, motion_amplitude=1.0, motion_shift=0.0, batch_size=8, chunk_frames=64,
+            crf=18):
         import time
 
         from ..joygen_core.pipeline import LipSyncOptions, PipelineModels, fingerprint, lip_sync
@@ -284,6 +292,7 @@ class JoyGenLipSync:
         options = LipSyncOptions(length_mode=length_mode, use_depth=audio2motion is not None, blend=blend,
                                  reference_frame=int(reference_frame), face_policy=face_policy, seed=int(seed),
                                  temperature=float(temperature), mouth_amp=float(mouth_amp),
+                                 motion_amplitude=float(motion_amplitude), motion_shift=float(motion_shift),
                                  batch_size=int(batch_size), chunk_frames=int(chunk_frames), crf=int(crf))
         files = {"regressor": fingerprint(recon_models.regressor), "vae": fingerprint(edit_models.vae),
                  "unet": fingerprint(edit_models.unet), "bfm": fingerprint(recon_models.bfm.meanshape)}
