@@ -100,6 +100,8 @@ def run_demo(args: argparse.Namespace, options, device: torch.device, progress=N
     store = ModelStore([Path(args.models)] if args.models else default_model_dirs())
     work = Path(args.cache or Path("temp") / "joygen_demo")
     work.mkdir(parents=True, exist_ok=True)
+    speech = sample_speech(work)  # first: without espeak-ng the demo stops before any other work
+    video = sample_video(work)
     untrained = not official_weights_present(store)
     if untrained:
         log.warning("=" * 78)
@@ -109,8 +111,6 @@ def run_demo(args: argparse.Namespace, options, device: torch.device, progress=N
         log.warning("will look wrong. Put the official bundle there (python -m joygen_core models).")
         log.warning("=" * 78)
         store = ModelStore(untrained_models_folder(work / "untrained_models"))
-    video = sample_video(work)
-    speech = sample_speech(work)
     models = load_models(store, device, use_depth=options.use_depth, blend=options.blend)
     models.untrained = untrained
     report = lip_sync(video, speech, args.out, models, options, cache_root=work / "cache",
