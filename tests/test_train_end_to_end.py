@@ -20,8 +20,10 @@ def test_prepare_fit_and_edit_with_the_checkpoint(face_video, models_dir, tmp_pa
     from train.fit import fit
 
     models = P.load_prepare_models(models_dir)
-    summary = P.prepare([face_video], tmp_path / "prepared", models=models, min_clip_frames=10,
-                        max_frames_per_video=24, segment_frames=24, batch_size=16, progress=False)
+    # the whole clip: runs of 5+ one-face frames exist whichever near-threshold false faces x264's run-to-run
+    # noise lets MTCNN see in the guitar below the face
+    summary = P.prepare([face_video], tmp_path / "prepared", models=models, min_clip_frames=5,
+                        max_frames_per_video=None, batch_size=16, progress=False)
     assert summary["clips_written"] >= 1
     cfg = load_config(CONFIGS / "tiny_cpu.yaml", overrides=[
         f"data.root={tmp_path / 'prepared'}", f"output.dir={tmp_path / 'run'}", "train.max_steps=30",
