@@ -313,3 +313,65 @@ def test_write_failure_is_one_error_and_leaves_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "MEDIAERROR Cannot write" in proc.stdout, proc.stdout + proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _x264_settings(path: Path) -> str:
+    """The option line x264 writes into its stream (an SEI message): what the encoder really ran with."""
+    data = path.read_bytes()
+    start = data.find(b"options: ")
+    assert start >= 0, "no x264 settings in the stream"
+    return data[start:data.find(b"\x00", start)].decode("ascii", "replace")
+
+
+def test_preset_and_crf_reach_the_encoder(tmp_path, face_frames):
+    frames = face_frames[:12]
+    sizes, settings = {}, {}
+    for preset, crf in (("ultrafast", 18), ("veryslow", 18), ("medium", 18), ("medium", 30)):
+        out = write_video(tmp_path / f"{preset}{crf}.mp4", iter([frames]), 25, preset=preset, crf=crf)
+        sizes[preset, crf], settings[preset, crf] = out.stat().st_size, _x264_settings(out)
+    # ultrafast turns off CABAC and sub-pixel refinement, veryslow searches hardest: a bigger file at one crf
+    assert "cabac=0" in settings["ultrafast", 18] and "subme=0" in settings["ultrafast", 18]
+    assert "cabac=1" in settings["veryslow", 18] and "subme=10" in settings["veryslow", 18]
+    assert sizes["ultrafast", 18] > sizes["veryslow", 18]
+    assert "crf=18.0" in settings["medium", 18] and "crf=30.0" in settings["medium", 30]
+    assert sizes["medium", 30] < sizes["medium", 18]
+    assert probe_video(tmp_path / "veryslow18.mp4").frame_count == 12
+
+
+def test_bad_encoder_settings_fail_before_any_file(tmp_path):
+    frames = iter([np.zeros((2, 16, 16, 3), np.uint8)])
+    for kw, message in (({"preset": "warp"}, "Unknown encoder preset"), ({"crf": 60}, "between 0"),
+                        ({"encoder": "libvpx"}, "Unknown video encoder")):
+        with pytest.raises(MediaError, match=message):
+            write_video(tmp_path / "out.mp4", frames, 25, **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_choice_without_nvenc(tmp_path, monkeypatch):
+    """Without a GPU NVENC is listed by the wheels but cannot open: auto picks libx264 (also when torch claimed
+    a GPU), and asking for h264_nvenc is one clear error and no file."""
+    from joygen_core.video import io
+
+    if io.nvenc_available():
+        pytest.skip("this machine encodes with NVENC")
+    assert io.resolve_encoder("auto") == "libx264"
+    if io._encoder_failure("h264_nvenc") is not None:  # FFmpeg has it, the machine cannot run it
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert io.resolve_encoder("auto") == "libx264"
+        with pytest.raises(MediaError, match="h264_nvenc is not available here.*NVIDIA GPU"):
+            write_video(tmp_path / "nv.mp4", iter([np.zeros((2, 64, 64, 3), np.uint8)]), 25, encoder="h264_nvenc")
+        assert list(tmp_path.iterdir()) == []
+    out = write_video(tmp_path / "auto.mp4", iter([np.zeros((2, 64, 64, 3), np.uint8)]), 25, encoder="auto")
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+    assert "cabac=1" in _x264_settings(out)
+
+
+def test_nvenc_options_map_crf_and_preset():
+    from joygen_core.video.io import encoder_options
+
+    assert encoder_options("h264_nvenc", 18, "medium") == {"preset": "p4", "rc": "vbr", "tune": "hq", "cq": "18"}
+    assert encoder_options("h264_nvenc", 23, "veryslow")["preset"] == "p7"
+    assert encoder_options("h264_nvenc", 0, "ultrafast") == {"preset": "p1", "rc": "vbr", "tune": "lossless"}
+    assert encoder_options("h264_nvenc", 20, "p6")["preset"] == "p6"
+    assert encoder_options("libx264", 20, "p1") == {"crf": "20", "preset": "ultrafast"}

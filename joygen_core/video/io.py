@@ -557,6 +557,96 @@ def _pad_even(chunk: np.ndarray) -> np.ndarray:
     return np.pad(chunk, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
 
 
+ENCODERS = ("auto", "libx264", "h264_nvenc")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+# x264's presets on NVENC's p1 (fastest) .. p7 (best): medium is NVENC's own default p4, as in ffmpeg, whose
+# nvenc encoder takes "medium" as an alias of p4; the rest spread evenly to either side.
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
+                 "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7"}
+_PROBED: dict[tuple[str, int, int], str | None] = {}
+
+
+def _encoder_failure(name: str, width: int = 256, height: int = 256) -> str | None:
+    """None if this PyAV's FFmpeg can really encode H.264 with ``name`` at this size, else why not.
+
+    A codec being listed proves nothing for NVENC: the wheels carry h264_nvenc, and opening it fails only
+    where no NVIDIA driver and GPU answer. So one small frame is encoded, once per process and size.
+    """
+    key = (name, _even(width), _even(height))
+    if key not in _PROBED:
+        import av
+
+        try:
+            if name not in av.codecs_available:
+                raise MediaError(f"this FFmpeg build (PyAV {av.__version__}) has no {name} encoder")
+            ctx = av.CodecContext.create(name, "w")
+            ctx.width, ctx.height = key[1], key[2]
+            ctx.pix_fmt = "yuv420p"
+            ctx.time_base = Fraction(1, 25)
+            ctx.framerate = Fraction(25)
+            frame = av.VideoFrame.from_ndarray(np.zeros((key[2], key[1], 3), np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = 0
+            ctx.encode(frame)
+            ctx.encode(None)
+            _PROBED[key] = None
+        except Exception as exc:  # av.error.* (PermissionError, ValueError, ...) differ between codecs and versions
+            _PROBED[key] = str(exc) or type(exc).__name__
+    return _PROBED[key]
+
+
+def nvenc_available() -> bool:
+    """True when torch sees a CUDA GPU and PyAV's FFmpeg opens h264_nvenc on it (probed once, then cached)."""
+    import torch
+
+    return bool(torch.cuda.is_available()) and _encoder_failure("h264_nvenc") is None
+
+
+def resolve_encoder(encoder: str = "auto", size: tuple[int, int] | None = None) -> str:
+    """The H.264 encoder ``write_video`` uses: ``auto`` is h264_nvenc where :func:`nvenc_available` (and it takes
+    a frame of ``size`` (width, height): NVENC has a minimum size), else libx264. A named encoder that cannot
+    encode here is a :class:`MediaError`."""
+    if encoder not in ENCODERS:
+        raise MediaError(f"Unknown video encoder {encoder!r}; use one of {', '.join(ENCODERS)}.")
+    if encoder == "auto":
+        if nvenc_available() and (size is None or _encoder_failure("h264_nvenc", *size) is None):
+            return "h264_nvenc"
+        return "libx264"
+    why = _encoder_failure(encoder, *(size or (256, 256)))
+    if why is not None:
+        hint = (" NVENC needs an NVIDIA GPU with its driver; use encoder 'auto' or 'libx264'."
+                if "nvenc" in encoder else "")
+        raise MediaError(f"The video encoder {encoder} is not available here ({why}).{hint}")
+    return encoder
+
+
+def encoder_options(encoder: str, crf: int = 18, preset: str = "medium") -> dict[str, str]:
+    """FFmpeg options of ``encoder`` for x264's quality scale ``crf`` and speed ``preset``.
+
+    libx264 takes them as they are. NVENC has no CRF: its constant-quality mode (``rc vbr`` with ``cq`` and no
+    bitrate target) on the same 0-51 quantiser scale stands in, ``cq`` = ``crf`` (0 is lossless, via NVENC's
+    lossless tune, since cq 0 means "automatic" there); the preset maps by :data:`NVENC_PRESETS`, and NVENC's
+    own ``p1`` .. ``p7`` are accepted too (for libx264 they map back to the x264 preset of the same rank).
+    """
+    crf = int(crf)
+    if not 0 <= crf <= 51:
+        raise MediaError(f"crf must be between 0 (lossless) and 51; got {crf}.")
+    nvenc_own = tuple(f"p{i}" for i in range(1, 8))
+    if preset not in X264_PRESETS and preset not in nvenc_own:
+        raise MediaError(f"Unknown encoder preset {preset!r}; use one of {', '.join(X264_PRESETS)} "
+                         "(or NVENC's p1 .. p7).")
+    if encoder == "h264_nvenc":
+        opts = {"preset": NVENC_PRESETS.get(preset, preset), "rc": "vbr"}
+        if crf == 0:
+            opts["tune"] = "lossless"
+        else:
+            opts.update({"tune": "hq", "cq": str(crf)})
+        return opts
+    if preset in nvenc_own:
+        preset = ("ultrafast", "veryfast", "faster", "medium", "slow", "slower", "veryslow")[int(preset[1]) - 1]
+    return {"crf": str(crf), "preset": preset}
+
+
 def write_video(
     path: Path | str,
     frames: Iterable[np.ndarray | torch.Tensor],
@@ -564,6 +654,7 @@ def write_video(
     audio: AudioClip | None = None,
     crf: int = 18,
     preset: str = "medium",
+    encoder: str = "auto",
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
@@ -572,17 +663,25 @@ def write_video(
     Frames are streamed in; audio is interleaved as the video advances. The file appears under its
     name only when complete: a failure or interruption leaves no partial output. Odd sizes are padded
     by one replicated row / column (yuv420p needs even sizes). ``crf`` is x264's quality (0 lossless,
-    18 visually transparent, 23 default).
+    18 visually transparent, 23 default), ``preset`` its speed (ultrafast .. veryslow: slower is smaller at the
+    same quality). ``encoder``: auto (h264_nvenc on a CUDA machine whose FFmpeg opens it, else libx264),
+    libx264 or h264_nvenc; see :func:`encoder_options` for how crf and preset map to NVENC.
     """
     import av
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise MediaError(f"{path} already exists; choose another name (outputs never overwrite files).")
+    if encoder not in ENCODERS:
+        raise MediaError(f"Unknown video encoder {encoder!r}; use one of {', '.join(ENCODERS)}.")
+    encoder_options("libx264", crf, preset)  # bad settings fail here, before any file is made
+    if encoder != "auto":
+        resolve_encoder(encoder)  # so does an encoder this machine lacks
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = as_fraction(fps)
     tmp = path.with_name(f".{path.stem}.partial{os.getpid()}{path.suffix}")
     n_frames = 0
+    codec = encoder
     try:
         container = av.open(str(tmp), mode="w", format="mp4")
         try:
@@ -639,10 +738,13 @@ def write_video(
                     raise MediaError(f"write_video expects RGB frames [n,H,W,3]; got {chunk.shape}.")
                 if vstream is None:
                     h, w = chunk.shape[1:3]
-                    vstream = container.add_stream("libx264", rate=rate)
+                    codec = resolve_encoder(encoder, (w, h))
+                    vstream = container.add_stream(codec, rate=rate)
                     vstream.width, vstream.height = _even(w), _even(h)
                     vstream.pix_fmt = "yuv420p"
-                    vstream.options = {"crf": str(int(crf)), "preset": preset}
+                    if codec != "libx264":
+                        vstream.codec_context.bit_rate = 0  # constant quality: no bitrate target to cap it
+                    vstream.options = encoder_options(codec, crf, preset)
                     if h % 2 or w % 2:
                         edge = "column and row" if w % 2 and h % 2 else ("column" if w % 2 else "row")
                         log.warning("Frame size %dx%d is odd: H.264 in 4:2:0 (yuv420p, the format players play) "
@@ -683,7 +785,8 @@ def write_video(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("Wrote %s: %d frames at %s fps%s", path, n_frames, rate, " with audio" if audio is not None else "")
+    log.info("Wrote %s: %d frames at %s fps%s (%s)", path, n_frames, rate, " with audio" if audio is not None else "",
+             codec)
     return path
 
 
