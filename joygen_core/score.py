@@ -1,8 +1,10 @@
 """Lip-sync scores of a video: LSE-D, LSE-C and the audio-video offset, with the SyncNet of the evaluation.
 
-The metric itself is the training module's (:mod:`train.metrics.syncnet`, the SyncNet of Wav2Lip's
-evaluation): its crop geometry, MFCC front end, embeddings, distances and scores are called, never restated,
-so a score here equals ``python -m train evaluate`` on the same video. What this module adds:
+The metric itself is :mod:`joygen_core.metrics.syncnet` (the SyncNet of Wav2Lip's evaluation, which
+``python -m train evaluate`` uses too, through ``train.metrics.syncnet``): its crop geometry, MFCC front end,
+embeddings, distances and scores are called, never restated, and a video file's crops and sound are read by
+:func:`read_sync_inputs`, the evaluation's own reader, so a score here equals the evaluation's on the same video.
+What this module adds:
 
 - scoring on the face boxes the pipeline tracks (a :class:`~joygen_core.face.track.FaceTrack`'s detector boxes),
   or on MTCNN boxes found here the way the evaluation finds them (policy 'track');
@@ -18,49 +20,25 @@ minus the offset (JoyGen Adjust Motion).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import InputError, JoyGenError, MediaError, ModelFileError
+from .errors import InputError, MediaError, ModelFileError
+from .metrics import syncnet as S
 from .video.io import AudioClip
 
 log = logging.getLogger(__name__)
 
-SYNCNET_FPS = 25
+SYNCNET_FPS = S.FPS
 SYNCNET_FILE = "syncnet/syncnet_v2.model"  # its place in the model folder
-SYNCNET_KEY = "syncnet"  # its manifest key, once joygen_core.weights lists it
-
-
-def training_syncnet() -> ModuleType:
-    """The training module's SyncNet evaluation, ``train.metrics.syncnet``: the one implementation of the metric.
-
-    Standalone and in the tests, ``train`` sits beside ``joygen_core`` on ``sys.path``. ComfyUI loads the pack
-    by file path, so there neither is importable by name: the pack's root is appended to ``sys.path`` on first
-    use (not at import), after checking that the ``train`` it would find is this pack's.
-    """
-    root = Path(__file__).resolve().parents[1]
-    name = "train.metrics.syncnet"
-    if name not in sys.modules and not any(Path(p or ".").resolve() == root for p in sys.path):
-        other = sys.modules.get("train")
-        if other is not None and root not in Path(getattr(other, "__file__", "") or "/").resolve().parents:
-            raise JoyGenError(f"Another package named 'train' ({getattr(other, '__file__', other)}) is loaded, so "
-                              f"the JoyGen training module in {root / 'train'} that holds the SyncNet metric cannot "
-                              "be imported; run the score from the command line (python -m joygen_core score).")
-        sys.path.append(str(root))
-    module = importlib.import_module(name)
-    if root not in Path(module.__file__).resolve().parents:
-        raise JoyGenError(f"'{name}' was imported from {module.__file__}, not from this pack ({root}).")
-    return module
+SYNCNET_KEY = "syncnet"  # its key in joygen_core.weights' manifest (an optional file)
 
 
 def syncnet_file(store: Any, name: str | None = None) -> Path:
@@ -73,19 +51,18 @@ def syncnet_file(store: Any, name: str | None = None) -> Path:
     name = name or SYNCNET_FILE
     found = store.find(name)
     if found is None:
-        source = training_syncnet().WEIGHTS_SOURCE
         raise ModelFileError(f"Missing SyncNet weights {name!r} (needed for LSE-D / LSE-C). Expected at "
-                             f"{Path(store.roots[0]) / name}. Get syncnet_v2.model from: {source}.")
+                             f"{Path(store.roots[0]) / name}. Get syncnet_v2.model from: {S.WEIGHTS_SOURCE}.")
     return found
 
 
 def load_syncnet(path: Path | str, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The evaluation's SyncNet from ``syncnet_v2.model`` (checked strictly; see train.metrics.syncnet)."""
+    """The evaluation's SyncNet from ``syncnet_v2.model``, checked strictly (:func:`.metrics.syncnet.load_syncnet`)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"SyncNet weights {path} do not exist. Get syncnet_v2.model from: "
-                             f"{training_syncnet().WEIGHTS_SOURCE}.")
-    return training_syncnet().load_syncnet(path, device)
+                             f"{S.WEIGHTS_SOURCE}.")
+    return S.load_syncnet(path, device)
 
 
 @dataclass(frozen=True)
@@ -133,7 +110,7 @@ def pcm16_mono(audio: AudioClip) -> torch.Tensor:
     """What the evaluation reads as sound: 16 kHz mono, 16-bit sample values (ffmpeg ``-ac 1 -ar 16000``)."""
     from .audio.prepare import to_mono_16k
 
-    return training_syncnet().pcm16(to_mono_16k(audio.waveform, audio.sample_rate))
+    return S.pcm16(to_mono_16k(audio.waveform, audio.sample_rate))
 
 
 def _check_faces(found: torch.Tensor) -> None:
@@ -147,9 +124,8 @@ def score_crops(model: Any, faces: torch.Tensor, found: torch.Tensor, samples: t
     """Scores of SyncNet face crops [T,224,224,3] uint8 at 25 fps and their 16 kHz int16-scale audio [S].
 
     Windows holding a frame where ``found`` [T] is False are dropped before averaging; otherwise exactly
-    ``train.metrics.syncnet.clip_sync_scores``.
+    ``joygen_core.metrics.syncnet.clip_sync_scores``.
     """
-    S = training_syncnet()
     found = torch.as_tensor(found, dtype=torch.bool).reshape(-1)
     _check_faces(found)
     v, a = S.embed_clip(model, faces, samples, batch_size=batch_size, device=device)
@@ -175,7 +151,6 @@ def score_frames(model: Any, frames: torch.Tensor | np.ndarray, fps: float, audi
     """
     from .face.detect import detect_faces
 
-    S = training_syncnet()
     frames = torch.as_tensor(frames)
     if frames.ndim != 4 or frames.shape[0] == 0:
         raise MediaError(f"Expected frames [T,H,W,3]; got {tuple(frames.shape)}")
@@ -198,46 +173,83 @@ def score_frames(model: Any, frames: torch.Tensor | np.ndarray, fps: float, audi
     return SyncReport(**{**report.to_dict(), "retimed_from": None if float(fps) == SYNCNET_FPS else float(fps)})
 
 
-def score_video(path: Path | str, model: Any, detector: Any, *, max_seconds: float | None = None,
-                vshift: int = 15, batch_size: int = 20, chunk: int = 64,
-                device: torch.device | str | None = None) -> SyncReport:
-    """Scores of a video file against its own sound track, streamed: faces are found in a first pass over the
-    25 fps frames and cut in a second, so only the 224x224 crops are held (as ``train.evaluate.sync_inputs``)."""
-    from .face.detect import detect_faces
-    from .video.io import iter_frames, probe_video, read_audio
+@dataclass
+class SyncInputs:
+    """What SyncNet reads from one video: face crops and their sound at 25 fps, and where a face was found."""
 
-    S = training_syncnet()
-    info = probe_video(path)
-    if not info.has_audio:
-        raise MediaError(f"{path} has no sound track: the lips are scored against the video's own audio.")
-    audio = read_audio(path)
-    samples = pcm16_mono(audio)
-    max_frames = None if max_seconds is None else max(1, math.ceil(max_seconds * SYNCNET_FPS - 1e-9))
+    faces: torch.Tensor  # uint8 RGB face crops [T,224,224,3]
+    samples: torch.Tensor  # float64 [S]: 16 kHz mono, int16 sample values
+    found: torch.Tensor  # bool [T]: a face was detected in that frame (all True without detection)
+
+    @property
+    def face_found(self) -> float:
+        """The fraction of frames with a detected face."""
+        return int(self.found.sum()) / len(self.found) if len(self.found) else 0.0
+
+
+def read_sync_inputs(path: Path | str, detector: Any | None, *, audio_from: Path | str | None = None,
+                     max_seconds: float | None = None, chunk: int = 64) -> SyncInputs:
+    """Face crops and sound of a video file as the official SyncNet evaluation prepares them.
+
+    Frames are re-timed to 25 fps and the audio resampled to 16 kHz mono 16-bit (official: ffmpeg ``-r 25`` and
+    ``-ac 1 -ar 16000 pcm_s16le``). With a ``detector`` (MTCNN, :func:`joygen_core.face.detect.load_mtcnn`,
+    standing in for the official S3FD) faces are found in a first pass over the frames and cut with the
+    official crop geometry in a second, so only the 224x224 crops are ever held; with ``None`` the frames are
+    face crops already and are resized whole (as Wav2Lip's ``calculate_scores_LRS.py`` does). ``audio_from``:
+    the sound track of that file instead. ``max_seconds``: the first seconds of both.
+    """
+    from .face.detect import detect_faces
+    from .video.io import iter_frames, read_audio
+
+    samples = pcm16_mono(read_audio(audio_from or path))
+    max_frames = None if max_seconds is None else max(1, math.ceil(max_seconds * S.FPS - 1e-9))
     if max_seconds is not None:
         samples = samples[: int(round(max_seconds * S.SAMPLE_RATE))]
 
     def frames() -> Iterator[np.ndarray]:
-        return iter_frames(path, chunk_size=chunk, fps=SYNCNET_FPS, max_frames=max_frames)
+        return iter_frames(path, chunk_size=chunk, fps=S.FPS, max_frames=max_frames)
 
-    boxes, found, previous = [], [], None
-    for f in frames():
-        det = detect_faces(f, detector, policy="track", previous=previous)
-        boxes.append(det.box)
-        found.append(det.found)
-        if det.found.any():
-            previous = det.box[det.found][-1]
-    if not boxes:
-        raise MediaError(f"{path} holds no decodable video frames.")
-    box_all, found_all = torch.cat(boxes), torch.cat(found)
-    if not bool(found_all.any()):
-        raise MediaError(f"No face was found in any frame of {path}, so there are no lips to score: LSE-D / LSE-C "
-                         "need a video with one visible face.")
-    crop_boxes = S.syncnet_crop_boxes(box_all, found_all)
+    found: list[torch.Tensor] = []
+    crop_boxes = None
+    if detector is not None:
+        boxes, previous = [], None
+        for f in frames():
+            det = detect_faces(f, detector, policy="track", previous=previous)
+            boxes.append(det.box)
+            found.append(det.found)
+            if det.found.any():
+                previous = det.box[det.found][-1]
+        if found and not bool(torch.cat(found).any()):
+            raise MediaError(f"No face was found in any frame of {path}, so there are no lips to score: LSE-D / "
+                             "LSE-C need a video with one visible face.")
+        if found:
+            crop_boxes = S.syncnet_crop_boxes(torch.cat(boxes), torch.cat(found))
     crops, start = [], 0
     for f in frames():
-        crops.append(S.syncnet_face_crops(f, crop_boxes[start:start + f.shape[0]]))
-        start += f.shape[0]
-    report = score_crops(model, torch.cat(crops), found_all, samples, vshift=vshift, batch_size=batch_size,
+        n, h, w, _ = f.shape
+        if crop_boxes is None:
+            crops.append(S.syncnet_face_crops(f, np.tile(np.array([[0, h, 0, w]], np.int64), (n, 1))))
+            found.append(torch.ones(n, dtype=torch.bool))
+        else:
+            crops.append(S.syncnet_face_crops(f, crop_boxes[start:start + n]))
+        start += n
+    if not crops:
+        raise MediaError(f"{path} holds no decodable video frames.")
+    return SyncInputs(faces=torch.cat(crops), samples=samples, found=torch.cat(found))
+
+
+def score_video(path: Path | str, model: Any, detector: Any, *, max_seconds: float | None = None,
+                vshift: int = 15, batch_size: int = 20, chunk: int = 64,
+                device: torch.device | str | None = None) -> SyncReport:
+    """Scores of a video file against its own sound track, read by :func:`read_sync_inputs` (the evaluation's
+    reader: faces found with ``detector`` over the 25 fps frames, only the 224x224 crops held)."""
+    from .video.io import probe_video
+
+    info = probe_video(path)
+    if not info.has_audio:
+        raise MediaError(f"{path} has no sound track: the lips are scored against the video's own audio.")
+    inputs = read_sync_inputs(path, detector, max_seconds=max_seconds, chunk=chunk)
+    report = score_crops(model, inputs.faces, inputs.found, inputs.samples, vshift=vshift, batch_size=batch_size,
                          device=device)
     fps = float(info.fps)
     return SyncReport(**{**report.to_dict(), "retimed_from": None if fps == SYNCNET_FPS else fps})

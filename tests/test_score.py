@@ -125,6 +125,12 @@ def test_frames_without_a_face_are_left_out_and_counted(shifted):
     # the file path finds the same gaps with a detector
     found = score_video(video, _LoudnessEmbedder(), _WholeFrame(missing=set(range(40, 45))))
     assert (found.frames_without_face, found.windows_left_out, found.offset) == (5, 9, 3)
+    # ... read by the evaluation's reader, which says which frames had a face
+    from train.evaluate import sync_inputs
+
+    inputs = sync_inputs(video, _WholeFrame(missing=set(range(40, 45))))
+    assert inputs.found.tolist() == [not 40 <= t < 45 for t in range(len(frames))]
+    assert inputs.face_found == 0.95
 
 
 def test_no_face_is_a_clear_error(pack, shifted):
@@ -200,32 +206,45 @@ def test_loader_and_score_with_the_real_network(pack, tmp_path, monkeypatch, fac
     assert np.isfinite(lse_d) and lse_c >= 0 and abs(offset) <= 15
 
 
-def test_training_module_is_found_when_comfyui_loads_the_pack_by_path(tmp_path):
-    """ComfyUI imports the pack from its folder without putting that folder on sys.path."""
+def test_library_never_imports_the_training_module():
+    """joygen_core stands alone (ComfyUI loads the pack by path, where ``train`` is not importable by name):
+    the SyncNet metric is the library's, and train.metrics.syncnet re-exports those very objects."""
+    import ast
+
+    import joygen_core.metrics.syncnet as library
+
+    for path in (ROOT / "joygen_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not any(n == "train" or n.startswith("train.") for n in names), f"{path} imports {names}"
+    public = {n for n, v in vars(library).items()
+              if not n.startswith("_") and (n.isupper() or getattr(v, "__module__", None) == library.__name__)}
+    assert set(S.__all__) == public
+    assert all(getattr(S, n) is getattr(library, n) for n in public)
+
+
+def test_score_works_when_comfyui_loads_the_pack_by_path(tmp_path):
+    """ComfyUI imports the pack from its folder without putting that folder on sys.path: the score still loads
+    SyncNet (the library's own), and nothing named ``train`` is imported."""
     code = textwrap.dedent(f"""
-        import importlib.util, sys
+        import importlib, importlib.util, sys
         root = {str(ROOT)!r}
         assert all(p not in (root, "") for p in sys.path[1:]), sys.path
-        try:
-            import train  # noqa: F401
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("train is importable by name: this is not how ComfyUI loads the pack")
         spec = importlib.util.spec_from_file_location("custom_joygen", root + "/__init__.py",
                                                       submodule_search_locations=[root])
         pack = importlib.util.module_from_spec(spec)
         sys.modules["custom_joygen"] = pack
         spec.loader.exec_module(pack)
         assert "JoyGenSyncScore" in pack.NODE_CLASS_MAPPINGS
-        score = sys.modules["custom_joygen.joygen_core.score"] if "custom_joygen.joygen_core.score" in sys.modules \\
-            else importlib.import_module("custom_joygen.joygen_core.score")
-        mod = score.training_syncnet()
-        assert mod.__file__.startswith(root), mod.__file__
-        print("ok", mod.WEIGHTS_NAME)
+        score = importlib.import_module("custom_joygen.joygen_core.score")
+        net = score.S.SyncNet()
+        assert score.S.__file__.startswith(root), score.S.__file__
+        assert not any(m == "train" or m.startswith("train.") for m in sys.modules), sorted(sys.modules)
+        print("ok", score.S.WEIGHTS_NAME, type(net).__module__)
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "ok syncnet_v2.model" in out.stdout
+    assert "ok syncnet_v2.model custom_joygen.joygen_core.metrics.syncnet" in out.stdout

@@ -21,11 +21,14 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from joygen_core.errors import MediaError
+
+if TYPE_CHECKING:
+    from joygen_core.score import SyncInputs
 
 log = logging.getLogger(__name__)
 
@@ -111,74 +114,24 @@ def image_chunks(paths: Sequence[Path], *, stride: int = 1, chunk: int = 50) -> 
 # ------------------------------------------------------------------------------------------ LSE per video
 
 
-@dataclass
-class SyncInputs:
-    """What SyncNet reads from one video: 224x224 RGB face crops at 25 fps and 16 kHz int16-scale audio."""
-
-    faces: Any  # torch.Tensor uint8 [T,224,224,3]
-    samples: Any  # torch.Tensor float64 [S]
-    face_found: float  # fraction of frames where a face was detected (1.0 without detection)
-
-
 def sync_inputs(path: Path, detector: Any | None, *, audio_from: Path | None = None,
                 max_seconds: float | None = None, chunk: int = 64) -> SyncInputs:
-    """Face crops and audio of a video, as the official SyncNet evaluation prepares them.
+    """Face crops, audio and per-frame face flags of a video, as the official SyncNet evaluation prepares them.
 
-    Frames are re-timed to 25 fps and audio resampled to 16 kHz mono 16-bit (official: ffmpeg
-    ``-r 25`` and ``-ac 1 -ar 16000 pcm_s16le``). With a ``detector`` (MTCNN from
-    ``joygen_core.face.detect``, standing in for the official S3FD) faces are found in a first pass
-    and cut with the official crop geometry in a second, so whole frames are never all held; with
-    ``None`` the frames are taken as face crops already and resized to 224x224 (as Wav2Lip's
-    ``calculate_scores_LRS.py`` does). ``audio_from``: read the sound track from that file instead.
+    The library's reader, :func:`joygen_core.score.read_sync_inputs` (frames re-timed to 25 fps, audio to
+    16 kHz mono 16-bit; with a ``detector`` (MTCNN) faces found in a first pass and cut with the official crop
+    geometry in a second; with ``None`` the frames are face crops already), so the Sync Score node and
+    ``python -m joygen_core score`` read a video exactly as this evaluation does. Here a generated video must
+    carry its driving audio unless ``audio_from`` names the file to take the sound from.
     """
-    import torch
+    from joygen_core.score import read_sync_inputs
+    from joygen_core.video.io import probe_video
 
-    from joygen_core.audio.prepare import to_mono_16k
-    from joygen_core.face.detect import detect_faces
-    from joygen_core.video.io import iter_frames, probe_video, read_audio
-
-    from .metrics.syncnet import FPS, SAMPLE_RATE, pcm16, syncnet_crop_boxes, syncnet_face_crops
-
-    source = audio_from or path
     if audio_from is None and not probe_video(path).has_audio:
         raise MediaError(f"{path} has no sound track: LSE compares the lips with the driving audio, so the "
                          "generated video must carry it (JoyGen's outputs do), or use --pairs paired with the "
                          "real videos' sound.")
-    clip = read_audio(source)
-    samples = pcm16(to_mono_16k(clip.waveform, clip.sample_rate))
-    max_frames = _max_frames(FPS, max_seconds)
-    if max_seconds is not None:
-        samples = samples[: int(round(max_seconds * SAMPLE_RATE))]
-
-    def frames() -> Iterator[np.ndarray]:
-        return iter_frames(path, chunk_size=chunk, fps=FPS, max_frames=max_frames)
-
-    crops: list[torch.Tensor] = []
-    if detector is None:
-        for f in frames():
-            n, h, w, _ = f.shape
-            whole = np.tile(np.array([[0, h, 0, w]], np.int64), (n, 1))
-            crops.append(syncnet_face_crops(f, whole))
-        found = 1.0
-    else:
-        boxes, ok = [], []
-        previous = None
-        for f in frames():
-            det = detect_faces(f, detector, policy="track", previous=previous)
-            boxes.append(det.box)
-            ok.append(det.found)
-            if det.found.any():
-                previous = det.box[det.found][-1]
-        box_all, ok_all = torch.cat(boxes), torch.cat(ok)
-        crop_boxes = syncnet_crop_boxes(box_all, ok_all)
-        start = 0
-        for f in frames():
-            crops.append(syncnet_face_crops(f, crop_boxes[start:start + f.shape[0]]))
-            start += f.shape[0]
-        found = float(ok_all.float().mean())
-    if not crops:
-        raise MediaError(f"{path} holds no decodable video frames.")
-    return SyncInputs(faces=torch.cat(crops), samples=samples, face_found=found)
+    return read_sync_inputs(path, detector, audio_from=audio_from, max_seconds=max_seconds, chunk=chunk)
 
 
 @dataclass
