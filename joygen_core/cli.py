@@ -1,4 +1,4 @@
-"""Command line: ``python -m joygen_core {models,download,edit,demo,cache,score}``.
+"""Command line: ``python -m joygen_core {models,download,edit,batch,demo,cache,score}``.
 
 Building the parser imports no torch and no model code (``--help`` answers at once); each command imports what
 it needs when it runs, and ``edit`` checks its files before any model loads.
@@ -7,10 +7,9 @@ it needs when it runs, and ``edit`` checks its files before any model loads.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +18,18 @@ from .errors import InputError, JoyGenError
 if TYPE_CHECKING:
     import torch
 
-    from .pipeline import LipSyncOptions, LipSyncReport
+    from .pipeline import LipSyncOptions, LipSyncReport, PipelineModels
+    from .progress import TerminalProgress
     from .weights import ModelStore
 
 log = logging.getLogger("joygen_core")
 
-LENGTH_MODES = ("pingpong", "loop", "trim", "hold")  # joygen_core.video.length.MODES, without importing torch
+# the library's choices, written out so that building the parser imports no torch (test_cli checks they agree)
+LENGTH_MODES = ("pingpong", "loop", "trim", "hold")  # joygen_core.video.length.MODES
+ENCODERS = ("auto", "libx264", "h264_nvenc")  # joygen_core.video.io.ENCODERS
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+           "p1", "p2", "p3", "p4", "p5", "p6", "p7")  # joygen_core.video.io.X264_PRESETS, then NVENC's own
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
@@ -56,16 +61,49 @@ def cmd_download(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> LipSyncOptions:
     from .pipeline import LipSyncOptions
 
-    return LipSyncOptions(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
-                          reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
-                          seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf,
-                          motion_amplitude=args.motion_amplitude, motion_shift=args.motion_shift)
+    wanted = dict(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
+                  reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
+                  seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf,
+                  preset=args.preset, encoder=args.encoder, pipelined=not args.serial,
+                  motion_amplitude=args.motion_amplitude, motion_shift=args.motion_shift)
+    known = {f.name: f for f in dataclasses.fields(LipSyncOptions)}
+    for name in sorted(set(wanted) - set(known)):  # an option this pipeline does not have (yet)
+        if wanted[name] != {"preset": "medium", "encoder": "auto", "pipelined": True}.get(name):
+            log.warning("This version of the pipeline has no %s setting; it is ignored.", name)
+    return LipSyncOptions(**{k: v for k, v in wanted.items() if k in known})
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output MP4 (never overwritten unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+def _dtype(name: str) -> torch.dtype | None:
+    """``--dtype``: None (auto: the fastest the device runs well) or the torch dtype named."""
+    if name == "auto":
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def _load_models(args: argparse.Namespace, store: ModelStore, device: torch.device,
+                 options: LipSyncOptions) -> PipelineModels:
+    from .pipeline import load_models
+
+    return load_models(store, device, _dtype(args.dtype), use_depth=options.use_depth, blend=options.blend)
+
+
+def _progress() -> TerminalProgress:
+    from .progress import TerminalProgress
+
+    return TerminalProgress()
+
+
+def _add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    if out:
+        p.add_argument("--out", required=True, help="output MP4 (never overwritten unless --overwrite)")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="precision of the editing networks (auto: float16 on CUDA, float32 on the CPU)")
+    p.add_argument("--serial", action="store_true",
+                   help="run read, networks and write one after another instead of overlapped (for comparison)")
     p.add_argument("--length", choices=LENGTH_MODES, default="pingpong", help="fit the video to the audio's length")
     p.add_argument("--audio-only", action="store_true", help="no depth: edit from the audio features alone")
     p.add_argument("--blend", choices=("parsing", "landmarks", "box"), default="parsing",
@@ -76,7 +114,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the audio-to-motion sample")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chunk-frames", type=int, default=64, help="frames held in memory at once")
-    p.add_argument("--crf", type=int, default=18, help="x264 quality (lower is better)")
+    p.add_argument("--crf", type=int, default=18,
+                   help="H.264 quality: 0 lossless, 18 visually transparent, 23 x264's default; higher is smaller")
+    p.add_argument("--preset", choices=PRESETS, default="medium", metavar="PRESET",
+                   help="encoder speed: ultrafast .. veryslow (slower: smaller file at the same quality); "
+                        "NVENC maps them to p1 .. p7, which are taken too")
+    p.add_argument("--encoder", choices=ENCODERS, default="auto",
+                   help="auto: h264_nvenc where CUDA and an FFmpeg with NVENC are present, else libx264")
     p.add_argument("--motion-amplitude", type=float, default=1.0,
                    help="scale the audio-driven mouth around its mean expression (0: the mean, 1: as predicted)")
     p.add_argument("--motion-shift", type=float, default=0.0, metavar="FRAMES",
@@ -109,18 +153,6 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _log_progress() -> Callable[[str, int, int], None]:
-    last: dict[str, float] = {}
-
-    def report(stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done >= total or now - last.get(stage, 0.0) > 2.0:
-            last[stage] = now
-            log.info("%s: %d/%d", stage, done, total)
-
-    return report
-
-
 def _print_report(report: LipSyncReport) -> None:
     print(f"wrote {report.output}: {report.frames} frames at {report.fps:.3f} fps, "
           f"{report.frames_with_face} with a face{' (video cache reused)' if report.cache_hit else ''}")
@@ -146,20 +178,54 @@ def _write_plot(path: str | None, report: LipSyncReport, bfm: object) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from .cache import max_bytes
-    from .pipeline import check_inputs, lip_sync, load_models
+    from .pipeline import check_inputs, lip_sync
 
     # every file problem is found here, in seconds, before the models load
     check_inputs(args.video, args.audio, args.out, overwrite=args.overwrite)
     max_bytes(args.cache_max_gb)
     options = _options(args)
     device = _device(args.device)
-    models = load_models(_store(args), device, use_depth=options.use_depth, blend=options.blend)
-    report = lip_sync(args.video, args.audio, args.out, models, options,
-                      cache_root=None if args.no_cache else _cache_root(args), overwrite=args.overwrite,
-                      progress=_log_progress(), cache_max_gb=args.cache_max_gb)
+    models = _load_models(args, _store(args), device, options)
+    progress = _progress()
+    try:
+        report = lip_sync(args.video, args.audio, args.out, models, options,
+                          cache_root=None if args.no_cache else _cache_root(args), overwrite=args.overwrite,
+                          progress=progress, cache_max_gb=args.cache_max_gb)
+    finally:
+        progress.close()
     _print_report(report)
     _write_plot(args.plot, report, models.recon.bfm)
     return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import os
+
+    from .batch import parse_shard, read_manifest, run_batch, shard, shard_from_env
+    from .cache import max_bytes
+
+    items = read_manifest(args.manifest, args.out_dir)
+    i, n = parse_shard(args.shard) if args.shard else shard_from_env()
+    mine = shard(items, i, n)
+    max_bytes(args.cache_max_gb)
+    log.info("%s: %d items%s", args.manifest, len(items), f", shard {i}/{n} takes {len(mine)}" if n > 1 else "")
+    todo = [it for it in mine if args.overwrite or not it.output.exists()]
+    if not todo:  # nothing to do: no model loads
+        result = run_batch(mine, None, overwrite=args.overwrite)
+    else:
+        options = _options(args)
+        device = args.device
+        if device == "auto" and os.environ.get("LOCAL_RANK") is not None:  # one process per GPU (torchrun)
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+        models = _load_models(args, _store(args), _device(device), options)
+        result = run_batch(mine, models, options, cache_root=None if args.no_cache else _cache_root(args),
+                           overwrite=args.overwrite, cache_max_gb=args.cache_max_gb,
+                           progress=lambda item: _progress())
+    print(result.summary())
+    return 0 if result.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,7 +233,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import check_output
 
     check_output(args.out, overwrite=args.overwrite or args.out == DEMO_OUT)
-    report = run_demo(args, _options(args), _device(args.device), _log_progress())
+    progress = _progress()
+    try:
+        report = run_demo(args, _options(args), _device(args.device), progress, dtype=_dtype(args.dtype))
+    finally:
+        progress.close()
     _print_report(report)
     return 0
 
@@ -222,6 +292,26 @@ def add_cli_commands(sub: argparse._SubParsersAction) -> None:
                                                  "edit and the video's own mouth) as a picture")
     _add_cache_cap(e)
     e.set_defaults(func=cmd_edit)
+    b = sub.add_parser("batch", help="edit many videos: a CSV manifest of video,audio[,output] rows, models "
+                                     "loaded once, finished outputs skipped, split into shards for several GPUs",
+                       description="MANIFEST is a CSV file with the header video,audio,output (output optional) and "
+                                   "one row per job; # starts a comment. video and audio are relative to the "
+                                   "manifest's folder, output to --out-dir (default: the manifest's folder; an "
+                                   "empty output is <video>__<audio>.mp4). Outputs that exist are skipped; a "
+                                   "failing row does not stop the others (exit code 1 if any failed).")
+    b.add_argument("manifest", help="the CSV manifest")
+    b.add_argument("--out-dir", help="folder of the outputs (default: the manifest's folder)")
+    b.add_argument("--shard", metavar="I/N", help="run only rows whose position k (0-based, comments not counted) "
+                                                  "has k %% N == I. Default: $RANK/$WORLD_SIZE (torchrun, "
+                                                  "accelerate launch) or $SLURM_PROCID/$SLURM_NTASKS, else all; "
+                                                  "with --device auto, $LOCAL_RANK picks the GPU")
+    b.add_argument("--overwrite", action="store_true", help="redo rows whose output exists")
+    b.add_argument("--models", help="the JoyGen model folder (default: $JOYGEN_MODELS or ./models/joygen)")
+    _add_common(b, out=False)
+    b.add_argument("--cache", help=f"per-video cache folder (default: {CACHE_DEFAULT_HELP})")
+    b.add_argument("--no-cache", action="store_true", help="a temporary cache for each row, deleted after it")
+    _add_cache_cap(b)
+    b.set_defaults(func=cmd_batch)
     d = sub.add_parser("demo", help="run the whole job on a built-in sample (a real face clip + synthesised speech)")
     d.add_argument("--models", help="the JoyGen model folder; without the official weights the demo runs small "
                                     "untrained models and says so")

@@ -94,7 +94,8 @@ def untrained_models_folder(folder: Path) -> Path:
     return make_models_folder(folder)
 
 
-def run_demo(args: argparse.Namespace, options, device: torch.device, progress=None):
+def run_demo(args: argparse.Namespace, options, device: torch.device, progress=None,
+             dtype: torch.dtype | None = None):
     from .pipeline import lip_sync, load_models
 
     store = ModelStore([Path(args.models)] if args.models else default_model_dirs())
@@ -111,7 +112,7 @@ def run_demo(args: argparse.Namespace, options, device: torch.device, progress=N
         log.warning("will look wrong. Put the official bundle there (python -m joygen_core models).")
         log.warning("=" * 78)
         store = ModelStore(untrained_models_folder(work / "untrained_models"))
-    models = load_models(store, device, use_depth=options.use_depth, blend=options.blend)
+    models = load_models(store, device, dtype, use_depth=options.use_depth, blend=options.blend)
     models.untrained = untrained
     report = lip_sync(video, speech, args.out, models, options, cache_root=work / "cache",
                       overwrite=args.overwrite or args.out == "output/demo.mp4",

@@ -18,7 +18,7 @@ PROBE = """
 import sys
 from joygen_core.cli import build_parser, main
 from train.__main__ import build_parser as train_parser
-for argv in ([], ["edit"], ["demo"], ["cache"], ["cache", "info"], ["cache", "clear"], ["models"]):
+for argv in ([], ["edit"], ["batch"], ["demo"], ["cache"], ["cache", "info"], ["cache", "clear"], ["models"]):
     try:
         build_parser().parse_args(argv + ["--help"])
     except SystemExit:
@@ -42,14 +42,26 @@ def test_help_and_cache_info_import_no_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "HEAVY []" in proc.stdout, proc.stdout
     assert "usage: python -m joygen_core edit" in proc.stdout and "--cache-max-gb" in proc.stdout
+    assert "usage: python -m joygen_core batch" in proc.stdout and "--shard I/N" in proc.stdout
+    assert "--encoder {auto,libx264,h264_nvenc}" in proc.stdout
+    assert "--dtype {auto,float32,float16,bfloat16}" in proc.stdout
     assert "video cache:" in proc.stdout
 
 
-def test_length_modes_of_the_parser_are_the_library_s():
-    from joygen_core.cli import LENGTH_MODES
+def test_choices_of_the_parser_are_the_library_s():
+    import torch
+
+    from joygen_core.cli import DTYPES, ENCODERS, LENGTH_MODES, PRESETS
+    from joygen_core.video import io
     from joygen_core.video.length import MODES
 
     assert LENGTH_MODES == MODES
+    assert ENCODERS == io.ENCODERS
+    assert PRESETS == io.X264_PRESETS + tuple(f"p{i}" for i in range(1, 8))
+    for preset in PRESETS:
+        io.encoder_options("libx264", 18, preset)
+        io.encoder_options("h264_nvenc", 18, preset)
+    assert all(isinstance(getattr(torch, d), torch.dtype) for d in DTYPES[1:])
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +159,77 @@ def test_cache_commands_info_and_clear(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [_key(2)]
     proc = _run("-m", "joygen_core", "cache", "clear", "--cache", str(tmp_path))
     assert proc.returncode == 0 and "removed 1 entry" in proc.stdout and list(tmp_path.iterdir()) == []
+
+
+def _fake_run(monkeypatch, fail: bool = False) -> dict:
+    """load_models / lip_sync replaced by recorders; TerminalProgress.close counted."""
+    from types import SimpleNamespace
+
+    import joygen_core.pipeline as pipeline
+    from joygen_core.errors import MediaError
+    from joygen_core.progress import TerminalProgress
+
+    seen: dict = {"closed": 0}
+
+    def load_models(store, device, dtype=None, **kw):
+        seen.update(device=device, dtype=dtype, **kw)
+        return SimpleNamespace(recon=SimpleNamespace(bfm=None))
+
+    def lip_sync(video, audio, out, models, options, progress=None, **kw):
+        seen.update(options=options, progress=progress)
+        progress("edit", 1, 4)
+        if fail:
+            raise MediaError("the disk is full")
+        return pipeline.LipSyncReport(output=Path(out), frames=4, fps=25.0)
+
+    real_close = TerminalProgress.close
+
+    def close(self):
+        seen["closed"] += 1
+        real_close(self)
+
+    monkeypatch.setattr(pipeline, "load_models", load_models)
+    monkeypatch.setattr(pipeline, "lip_sync", lip_sync)
+    monkeypatch.setattr(TerminalProgress, "close", close)
+    return seen
+
+
+def test_edit_settings_reach_the_options_and_the_models(media, tmp_path, monkeypatch, caplog):
+    import dataclasses
+
+    import torch
+
+    from joygen_core.cli import main
+    from joygen_core.pipeline import LipSyncOptions
+    from joygen_core.progress import TerminalProgress
+
+    seen = _fake_run(monkeypatch)
+    argv = ["edit", "--video", str(media / "talk.mp4"), "--audio", str(media / "talk.mp4"), "--out",
+            str(tmp_path / "out.mp4"), "--crf", "23", "--preset", "slow", "--encoder", "libx264",
+            "--dtype", "bfloat16", "--serial", "--device", "cpu"]
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert seen["dtype"] == torch.bfloat16 and seen["device"] == torch.device("cpu")
+    options = seen["options"]
+    assert options.crf == 23
+    fields = {f.name for f in dataclasses.fields(LipSyncOptions)}
+    for name, value in {"preset": "slow", "encoder": "libx264", "pipelined": False}.items():
+        if name in fields:
+            assert getattr(options, name) == value
+        else:  # a pipeline without the setting: said, not silently dropped
+            assert f"no {name} setting" in caplog.text
+    assert isinstance(seen["progress"], TerminalProgress) and seen["closed"] == 1
+    seen = _fake_run(monkeypatch)
+    assert main(argv[:6] + [str(tmp_path / "default.mp4")]) == 0
+    assert seen["dtype"] is None  # auto: the device's own choice
+    assert all(getattr(seen["options"], k, v) == v for k, v in
+               {"crf": 18, "preset": "medium", "encoder": "auto", "pipelined": True}.items())
+
+
+def test_progress_bar_is_closed_when_the_run_fails(media, tmp_path, monkeypatch, caplog):
+    from joygen_core.cli import main
+
+    seen = _fake_run(monkeypatch, fail=True)
+    assert main(["edit", "--video", str(media / "talk.mp4"), "--audio", str(media / "talk.mp4"), "--out",
+                 str(tmp_path / "out.mp4"), "--device", "cpu"]) == 2
+    assert seen["closed"] == 1 and "the disk is full" in caplog.text
