@@ -6,14 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .comfy import Progress, check_interrupt, choices, model_store, pick, torch_device
+from .comfy import DeviceMenu, check_interrupt, choices, devices, model_store, pick, stage_progress, torch_device
 
 log = logging.getLogger(__name__)
 
 NO_WHISPER = "(put whisper/tiny.pt in models/joygen)"
 NO_A2M = "(put audio2motion/.../model_ckpt_steps_400000.ckpt in models/joygen)"
 NO_HUBERT = "(put the audio2motion/hubert folder in models/joygen)"
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 @dataclass
@@ -48,7 +47,7 @@ def _audio16k(audio: dict, for_motion: bool = False):
     return clip, (to_motion_16k if for_motion else to_mono_16k)(clip.waveform, clip.sample_rate)
 
 
-class JoyGenLoadWhisper:
+class JoyGenLoadWhisper(DeviceMenu):
     """Load the Whisper-tiny encoder whose features condition the editing UNet."""
 
     @classmethod
@@ -58,7 +57,7 @@ class JoyGenLoadWhisper:
             "model": (names, {"default": pick(names, "whisper/tiny.pt"),
                               "tooltip": "OpenAI-format whisper/tiny.pt (official bundle) or an HF openai/whisper-tiny "
                                          "folder, inside models/joygen."}),
-            "device": (DEVICES, {"default": "auto", "tooltip": "Where the encoder runs; auto = ComfyUI's device."}),
+            "device": (devices(), {"default": "auto", "tooltip": "Where the encoder runs; auto = ComfyUI's device."}),
         }}
 
     RETURN_TYPES = ("JOYGEN_WHISPER",)
@@ -77,7 +76,7 @@ class JoyGenLoadWhisper:
         return (load_whisper_encoder(model_store().path(model), dev, dtype),)
 
 
-class JoyGenLoadAudio2Motion:
+class JoyGenLoadAudio2Motion(DeviceMenu):
     """Load the audio-to-motion flow VAE and its HuBERT feature model."""
 
     @classmethod
@@ -92,7 +91,7 @@ class JoyGenLoadAudio2Motion:
                                               "beside it."}),
             "hubert": (huberts, {"default": pick(huberts, "audio2motion/hubert"),
                                  "tooltip": "HF folder of facebook/hubert-large-ls960-ft (audio2motion/hubert)."}),
-            "device": (DEVICES, {"default": "auto", "tooltip": "Where HuBERT and the flow VAE run."}),
+            "device": (devices(), {"default": "auto", "tooltip": "Where HuBERT and the flow VAE run."}),
         }}
 
     RETURN_TYPES = ("JOYGEN_A2M",)
@@ -135,9 +134,10 @@ class JoyGenAudioFeatures:
 
         clip, wav = _audio16k(audio)
         n = _frame_count(clip, fps, frame_count)
-        bar = Progress(1, "JoyGen whisper")
+        bar = stage_progress("audio features", desc="JoyGen Audio Features")
         try:
-            feats = whisper_features(whisper, wav, float(fps), n, progress=bar)
+            check_interrupt()
+            feats = whisper_features(whisper, wav, float(fps), n, progress=bar.for_stage("audio features"))
         finally:
             bar.close()
         return (feats, n)
@@ -175,11 +175,12 @@ class JoyGenAudio2Motion:
 
         clip, wav = _audio16k(audio, for_motion=True)
         n = _frame_count(clip, fps, frame_count)
-        check_interrupt()
-        bar = Progress(1, "JoyGen audio to motion")
+        bar = stage_progress("audio to motion", desc="JoyGen Audio2Motion")
         try:
+            check_interrupt()
             motion = audio_to_motion(audio2motion.model, audio2motion.hubert, wav, float(fps), n, seed=int(seed),
-                                     temperature=float(temperature), mouth_amp=float(mouth_amp), progress=bar)
+                                     temperature=float(temperature), mouth_amp=float(mouth_amp),
+                                     progress=bar.for_stage("audio to motion"))
         finally:
             bar.close()
         return (motion, n)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ..joygen_core.errors import InputError
 from ..joygen_core.render.raster import BACKENDS
-from .comfy import Progress, torch_device
+from .comfy import stage_progress, torch_device, with_ui
+
+SHOWN_FRAMES = 4  # frames of the face depth shown in the node
 
 
 class JoyGenRenderDepth:
@@ -31,7 +33,7 @@ class JoyGenRenderDepth:
 
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("mouth_depth", "face_depth")
-    FUNCTION = "render"
+    FUNCTION = "run_node"
     CATEGORY = "JoyGen/depth"
     DESCRIPTION = ("JoyGen's 3D depth-aware input: the BFM face of each frame re-posed with the driving expressions, "
                    "rendered to depth, normalised (near bright), cut to the face box and masked to the outer lips "
@@ -53,14 +55,19 @@ class JoyGenRenderDepth:
         device = torch_device("auto")
         if device.type not in ("cpu", "cuda"):
             device = bfm.meanshape.device  # tested on CPU and CUDA only
-        bar = Progress(max(int(face_track.detected.sum()), 1), desc="JoyGen depth")
+        bar = stage_progress("depth rendering", desc="JoyGen Render Depth")
         try:
             mouth, face = render_mouth_depth(face_track, exp, bfm, backend, batch_size=int(batch_size),
-                                             device=device, progress=bar)
+                                             device=device, progress=bar.for_stage("depth rendering"))
         finally:
             bar.close()
         return (mouth[..., None].expand(-1, -1, -1, 3).contiguous(),
                 face[..., None].expand(-1, -1, -1, 3).contiguous())
+
+    def run_node(self, **inputs):
+        """ComfyUI's entry: the depth maps, and a few full-face depth previews shown in the node."""
+        result = self.render(**inputs)
+        return with_ui(result, result[1], "JoyGen_depth", SHOWN_FRAMES)
 
 
 NODE_CLASS_MAPPINGS = {"JoyGenRenderDepth": JoyGenRenderDepth}

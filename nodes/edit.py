@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 from ..joygen_core.errors import InputError
 from .comfy import (
-    Progress,
+    ComfyProgress,
+    DeviceMenu,
     cache_dir,
     check_interrupt,
     choices,
+    devices,
     model_store,
     pick,
+    sample_frames,
+    stage_progress,
+    stereo_like_create_video,
     temp_dir,
     torch_device,
-    video_from_file,
+    video_in_memory,
     video_path,
+    with_ui,
 )
 
 log = logging.getLogger(__name__)
 
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "float16", "bfloat16"]
 NO_UNET = "(put the joygen UNet folder in models/joygen)"
 NO_VAE = "(put the sd-vae-ft-mse folder in models/joygen)"
 NO_PARSER = "(put face-parse-bisent/79999_iter.pth in models/joygen)"
 BLENDS = ["parsing", "landmarks", "box"]
 REFERENCES = ["same frame", "fixed frame"]
-
+SHOWN_FRAMES = 4  # frames of a result shown in the node
 
 
 def _dtype(name: str, device):
@@ -38,7 +45,7 @@ def _dtype(name: str, device):
     return default_dtype(device) if name == "auto" else getattr(torch, name)
 
 
-class JoyGenLoadEditModels:
+class JoyGenLoadEditModels(DeviceMenu):
     """The sd-vae-ft-mse VAE and the JoyGen editing UNet (diffusers folders)."""
 
     @classmethod
@@ -54,7 +61,7 @@ class JoyGenLoadEditModels:
                              "folder from `python -m train fit`."}),
             "vae": (vaes, {"default": pick(vaes, "sd-vae-ft-mse"), "tooltip": "The stabilityai/sd-vae-ft-mse "
                            "folder."}),
-            "device": (DEVICES, {"default": "auto", "tooltip": "Where the VAE and UNet run; auto = ComfyUI's "
+            "device": (devices(), {"default": "auto", "tooltip": "Where the VAE and UNet run; auto = ComfyUI's "
                                  "device."}),
             "dtype": (DTYPES, {"default": "auto", "tooltip": "auto: float16 on CUDA, float32 elsewhere. bfloat16 "
                                "suits recent GPUs."}),
@@ -74,7 +81,7 @@ class JoyGenLoadEditModels:
         return (load_edit_models(store.path(unet), store.path(vae), dev, _dtype(dtype, dev)),)
 
 
-class JoyGenLoadFaceParser:
+class JoyGenLoadFaceParser(DeviceMenu):
     """BiSeNet face parsing (19 classes), used to blend the edited mouth back into the frame."""
 
     @classmethod
@@ -84,7 +91,7 @@ class JoyGenLoadFaceParser:
         return {"required": {
             "model": (files, {"default": pick(files, "face-parse-bisent/79999_iter.pth"),
                               "tooltip": "face-parse-bisent/79999_iter.pth from the official bundle."}),
-            "device": (DEVICES, {"default": "auto", "tooltip": "Where parsing runs."}),
+            "device": (devices(), {"default": "auto", "tooltip": "Where parsing runs."}),
         }}
 
     RETURN_TYPES = ("JOYGEN_FACE_PARSER",)
@@ -193,7 +200,7 @@ class JoyGenEdit:
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
-    FUNCTION = "edit"
+    FUNCTION = "run_node"
     CATEGORY = "JoyGen/edit"
     DESCRIPTION = ("JoyGen's editor: masked face + reference + mouth depth latents and the audio features -> one "
                    "UNet step -> decoded mouth, blended into the frame. Frames without a face pass unchanged.")
@@ -207,17 +214,22 @@ class JoyGenEdit:
         if not audio_only and mouth_depth is None:
             raise InputError("Connect mouth_depth (JoyGen Render Depth), or switch audio_only on.")
         frames = image_to_uint8(images)
-        bar = Progress(max(int(face_track.detected.sum()), 1), desc="JoyGen edit")
+        bar = stage_progress("editing", desc="JoyGen Edit")
         try:
             check_interrupt()
             out = edit_frames(edit_models, frames, face_track, audio_features,
                               None if audio_only else mouth_depth, parser=face_parser, blend=blend,
                               blend_mask=blend_mask,
                               reference_frame=int(reference_frame) if reference == "fixed frame" else -1,
-                              batch_size=int(batch_size), progress=bar)
+                              batch_size=int(batch_size), progress=bar.for_stage("editing"))
         finally:
             bar.close()
         return (uint8_to_image(out),)
+
+    def run_node(self, **inputs):
+        """ComfyUI's entry: the edited frames, a few of them shown in the node."""
+        result = self.edit(**inputs)
+        return with_ui(result, result[0], "JoyGen_edit", SHOWN_FRAMES)
 
 
 class JoyGenLipSync:
@@ -272,7 +284,7 @@ class JoyGenLipSync:
 
     RETURN_TYPES = ("VIDEO",)
     RETURN_NAMES = ("video",)
-    FUNCTION = "run"
+    FUNCTION = "run_node"
     CATEGORY = "JoyGen"
     DESCRIPTION = ("All-in-one JoyGen lip sync: 3DMM track, audio to motion, mouth depth, UNet edit and blend, "
                    "streamed from the video file; the per-video work is cached so new audio reuses it. Connect "
@@ -282,9 +294,23 @@ class JoyGenLipSync:
             seed=0, audio2motion=None, face_parser=None, face_policy="largest", reference_frame=-1,
             temperature=0.2, mouth_amp=0.45, motion_amplitude=1.0, motion_shift=0.0, batch_size=8, chunk_frames=64,
             crf=18):
+        return self._run(video, audio, recon_models, whisper, edit_models, length_mode, blend, seed, audio2motion,
+                         face_parser, face_policy, reference_frame, temperature, mouth_amp, motion_amplitude,
+                         motion_shift, batch_size, chunk_frames, crf)[0]
+
+    def run_node(self, **inputs):
+        """ComfyUI's entry: the VIDEO, and a few frames of the result shown in the node."""
+        result, frames = self._run(**inputs, show=SHOWN_FRAMES)
+        return with_ui(result, frames, "JoyGen_lipsync", SHOWN_FRAMES)
+
+    def _run(self, video, audio, recon_models, whisper, edit_models, length_mode="pingpong", blend="parsing",
+             seed=0, audio2motion=None, face_parser=None, face_policy="largest", reference_frame=-1,
+             temperature=0.2, mouth_amp=0.45, motion_amplitude=1.0, motion_shift=0.0, batch_size=8,
+             chunk_frames=64, crf=18, show=0):
         import time
 
-        from ..joygen_core.pipeline import LipSyncOptions, PipelineModels, fingerprint, lip_sync
+        from ..joygen_core import pipeline
+        from ..joygen_core.pipeline import LipSyncOptions, PipelineModels, fingerprint
         from ..joygen_core.video.convert import audio_from_comfy
 
         if blend == "parsing" and face_parser is None:
@@ -302,27 +328,29 @@ class JoyGenLipSync:
                                 a2m=getattr(audio2motion, "model", None), hubert=getattr(audio2motion, "hubert", None),
                                 parser=face_parser, files=files)
         work = temp_dir() / "joygen"
+        check_interrupt()
         src = video_path(video, work)
         copied = src.parent == work and src.name.startswith("joygen_input_")  # an in-memory VIDEO saved for us
-        # the result: the VIDEO this node returns reads it (ComfyUI empties temp/ at its next start)
-        out = work / f"joygen_lipsync_{int(time.time() * 1000)}.mp4"
-        bars: dict[str, Progress] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = Progress(total, desc=f"JoyGen {stage}")
-            bars[stage](done, total)
-
+        # written here, read back into memory and deleted: nothing of ours stays in temp/, run finished or not
+        out = work / f"joygen_lipsync_{os.getpid()}_{int(time.time() * 1000)}.mp4"
+        bar = ComfyProgress(desc="JoyGen Lip Sync")
         try:
-            report = lip_sync(src, audio_from_comfy(audio), out, models, options, cache_root=cache_dir(),
-                              progress=progress)
+            # ComfyUI's CreateVideo writes every track as stereo AAC: the all-in-one's result sounds the same
+            report = pipeline.lip_sync(src, stereo_like_create_video(audio_from_comfy(audio)), out, models, options,
+                                       cache_root=cache_dir(), progress=bar)
+            result = video_in_memory(out)
+            frames = sample_frames(out, show) if show else None
         finally:
-            for bar in bars.values():
-                bar.close()
+            bar.close()
+            out.unlink(missing_ok=True)
             if copied:
                 src.unlink(missing_ok=True)
-        log.info("JoyGen Lip Sync: %d frames (%d with a face) -> %s", report.frames, report.frames_with_face, out)
-        return (video_from_file(out),)
+            with contextlib.suppress(OSError):
+                work.rmdir()  # only when empty: another run may be using it
+        log.info("JoyGen Lip Sync: %d frames (%d with a face)%s; %d progress reports, %d previews", report.frames,
+                 report.frames_with_face, ", per-video work from the cache" if report.cache_hit else "", bar.shown,
+                 bar.previews)
+        return (result,), frames
 
 
 NODE_CLASS_MAPPINGS = {

@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 
 from ..joygen_core.errors import InputError
-from .comfy import check_interrupt, choices, model_store, pick, torch_device
+from .comfy import DeviceMenu, check_interrupt, choices, devices, model_store, pick, torch_device
 
 log = logging.getLogger(__name__)
 
 NO_SYNCNET = "(put syncnet/syncnet_v2.model in models/joygen)"
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 def _info(motion) -> str:
@@ -159,7 +158,7 @@ class JoyGenPlotMotion:
         return (torch.from_numpy(img).float().div(255.0)[None],)
 
 
-class JoyGenLoadSyncNet:
+class JoyGenLoadSyncNet(DeviceMenu):
     """Load the SyncNet of Wav2Lip's evaluation (syncnet_v2.model) for lip-sync scores."""
 
     @classmethod
@@ -169,7 +168,7 @@ class JoyGenLoadSyncNet:
             "model": (names, {"default": pick(names, "syncnet/syncnet_v2.model"),
                               "tooltip": "syncnet_v2.model (joonson/syncnet_python download_model.sh) inside "
                                          "models/joygen, e.g. models/joygen/syncnet/syncnet_v2.model."}),
-            "device": (DEVICES, {"default": "auto", "tooltip": "Where SyncNet runs; auto = ComfyUI's device."}),
+            "device": (devices(), {"default": "auto", "tooltip": "Where SyncNet runs; auto = ComfyUI's device."}),
         }}
 
     RETURN_TYPES = ("JOYGEN_SYNCNET",)

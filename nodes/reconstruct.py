@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from .comfy import Progress, cache_dir, check_interrupt, choices, model_store, pick, torch_device
+from .comfy import (
+    DeviceMenu,
+    cache_dir,
+    check_interrupt,
+    choices,
+    devices,
+    model_store,
+    pick,
+    stage_progress,
+    torch_device,
+    with_ui,
+)
 
 BFM_PLACEHOLDER = "(put BFM/BFM_model_front.mat in models/joygen)"
 REGRESSOR_PLACEHOLDER = "(put face_recon_feat0.2_augment/epoch_20.pth in models/joygen)"
 DTYPES = ("float32", "float16", "bfloat16")
 MP468_NAME = "index_mp468_from_mesh35709.npy"
+SHOWN_FRAMES = 4  # frames of the overlay shown in the node
 
 
-
-class JoyGenLoad3DMMModels:
+class JoyGenLoad3DMMModels(DeviceMenu):
     """MTCNN (from the facenet-pytorch wheel), the Deep3DFaceRecon regressor and the Basel Face Model."""
 
     @classmethod
@@ -32,7 +43,7 @@ class JoyGenLoad3DMMModels:
                 "regressor": (regressors, {"default": pick(regressors, "face_recon_feat0.2_augment/epoch_20.pth"),
                                            "tooltip": "Deep3DFaceRecon checkpoint: "
                                                       "face_recon_feat0.2_augment/epoch_20.pth."}),
-                "device": (["auto", "cpu", "cuda", "mps"], {"default": "auto", "tooltip": "Where detection and "
+                "device": (devices(), {"default": "auto", "tooltip": "Where detection and "
                            "regression run; auto = ComfyUI's device."}),
             },
             "optional": {
@@ -94,7 +105,7 @@ class JoyGen3DMMReconstruct:
 
     RETURN_TYPES = ("JOYGEN_FACE_TRACK", "IMAGE")
     RETURN_NAMES = ("face_track", "preview")
-    FUNCTION = "reconstruct"
+    FUNCTION = "run_node"
     CATEGORY = "JoyGen/face"
     DESCRIPTION = ("Detect the face in every frame, fit Basel Face Model coefficients (Deep3DFaceRecon) and "
                    "derive the face box. Frames without a face are flagged and later passed through unchanged.")
@@ -104,16 +115,21 @@ class JoyGen3DMMReconstruct:
         from ..joygen_core.video.convert import image_to_uint8, uint8_to_image
 
         frames = image_to_uint8(images)
-        bar = Progress(2 * int(frames.shape[0]), desc="JoyGen 3DMM")
+        bar = stage_progress("3DMM reconstruction", desc="JoyGen 3DMM Reconstruct")
         try:
             check_interrupt()
             track = reconstruct(frames, recon_models.detector, recon_models.regressor, recon_models.bfm,
                                 batch_size=batch_size, policy=face_policy, smooth=smooth, fps=fps,
-                                min_score=min_score, progress=bar)
+                                min_score=min_score, progress=bar.for_stage("3DMM reconstruction"))
         finally:
             bar.close()
         preview = uint8_to_image(draw_preview(frames, track))
         return (track, preview)
+
+    def run_node(self, **inputs):
+        """ComfyUI's entry: the face track, and the landmark / 3DMM overlay shown in the node."""
+        result = self.reconstruct(**inputs)
+        return with_ui(result, result[1], "JoyGen_3dmm", SHOWN_FRAMES)
 
 
 NODE_CLASS_MAPPINGS = {"JoyGenLoad3DMMModels": JoyGenLoad3DMMModels, "JoyGen3DMMReconstruct": JoyGen3DMMReconstruct}
