@@ -48,6 +48,7 @@ from .cache import (
 )
 from .errors import JoyGenError, MediaError
 from .memory import fix_mmap_threshold, trim_heap, trimmed
+from .progress import Preview, ProgressCallback
 from .video.io import AudioClip
 from .weights import ModelStore
 
@@ -73,7 +74,10 @@ class LipSyncOptions:
     batch_size: int = 8
     chunk_frames: int = 64
     raster_backend: str = "auto"
-    crf: int = 18
+    crf: int = 18  # x264 quality (0 lossless, 18 visually transparent)
+    preset: str = "medium"  # x264 speed / size trade-off (ultrafast .. veryslow); the same picture quality at a crf
+    encoder: str = "auto"  # auto (h264_nvenc with CUDA and an FFmpeg that has it, else libx264) | libx264 | h264_nvenc
+    pipelined: bool = True  # read ahead and encode behind the networks (False: one step after another, same frames)
     motion_amplitude: float = 1.0  # audio-driven mouth scaled around its mean expression (1: as predicted)
     motion_shift: float = 0.0  # audio-driven mouth delayed by this many frames (negative: earlier)
 
@@ -195,27 +199,40 @@ def check_inputs(video: Path | str, audio: Path | str | AudioClip, out: Path | s
     check_output(out, overwrite=overwrite, inputs=(video, audio))
 
 
-def _heartbeat(folder: Path, progress: Callable[[str, int, int], None] | None,
-               every: float = 60.0) -> Callable[[str, int, int], None]:
+def _heartbeat(folder: Path, progress: ProgressCallback | None, every: float = 60.0) -> ProgressCallback:
     """``progress`` that also touches ``folder`` once a minute: a build in progress never looks abandoned to the
     leftover sweep of another run, even while no file is written (face detection over a long video)."""
     last = [time.monotonic()]
 
-    def report(stage: str, done: int, total: int) -> None:
+    def report(stage: str, done: int, total: int, preview: Preview | None = None) -> None:
         now = time.monotonic()
         if now - last[0] > every:
             last[0] = now
             with contextlib.suppress(OSError):
                 os.utime(folder)
         if progress is not None:
-            progress(stage, done, total)
+            progress(stage, done, total, preview=preview)
 
     return report
 
 
+def _overlay_preview(frames: torch.Tensor, track) -> Preview:
+    """The 3DMM overlay (landmarks, five points, face box) on the last of ``frames``, drawn only when asked."""
+
+    def draw() -> np.ndarray:
+        from .morphable.reconstruct import draw_preview
+
+        last = len(track) - 1
+        return draw_preview(frames[last:], track.select([last]))[0].numpy()
+
+    return draw
+
+
 def _build_cache(folder: Path, video: Path, models: PipelineModels, options: LipSyncOptions,
-                 progress: Callable[[str, int, int], None] | None) -> None:
-    """Stage 1 over the whole video, chunk by chunk, into ``folder`` (built aside, renamed when complete)."""
+                 progress: ProgressCallback | None) -> None:
+    """Stage 1 over the whole video, chunk by chunk, into ``folder`` (built aside, renamed when complete).
+
+    Progress (and so an interrupt) once per ``options.batch_size`` frames, in both passes."""
     from safetensors.torch import save_file
 
     from .edit import editor
@@ -228,13 +245,14 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     progress = _heartbeat(tmp, progress)
+    bs = max(int(options.batch_size), 1)
+    total = info.frame_count
     try:
         recon, edit = models.recon, models.edit
         # Faces of the whole video first (small), so tracking and smoothing see across chunk borders.
         det = detect_all(trimmed(iter_frames(video, chunk_size=options.chunk_frames)), recon.detector,
-                         options.face_policy,
-                         batch_size=options.chunk_frames,
-                         progress=None if progress is None else (lambda d, t: progress("faces", d, info.frame_count)))
+                         options.face_policy, batch_size=bs,
+                         progress=lambda d, t: progress("faces", d, max(total, d)))
         if options.smooth:
             det = smooth_detections(det, float(info.fps))
         tracks, done = [], 0
@@ -242,29 +260,30 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
         for k, chunk in enumerate(iter_frames(video, chunk_size=options.chunk_frames)):
             frames = torch.from_numpy(chunk)
             n = frames.shape[0]
-            track = reconstruct(frames, recon.detector, recon.regressor, recon.bfm, batch_size=options.chunk_frames,
-                                policy=options.face_policy, smooth=options.smooth, fps=float(info.fps),
-                                detections=det.slice(done, done + n))
             masked = torch.zeros(n, 4, 32, 32)
             reference = torch.zeros(n, 4, 32, 32)
             masks = np.zeros((n, *frames.shape[1:3]), np.uint8)
-            idx = track.detected.nonzero().squeeze(1)
-            if idx.numel():
-                crops = editor.face_crops(frames[idx], track.box[idx])
-                masked[idx], reference[idx] = editor.reference_latents(edit, crops, options.batch_size)
-                for j in range(0, idx.numel(), options.batch_size):  # float frame-sized masks: a few at a time
-                    b = idx[j:j + options.batch_size]
-                    m = editor.blend_masks_for(frames[b], track.box[b], track.lm68[b], options.blend, models.parser)
-                    masks[b.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            for b in range(0, n, bs):
+                fb = frames[b:b + bs]
+                nb = fb.shape[0]
+                track = reconstruct(fb, recon.detector, recon.regressor, recon.bfm, batch_size=bs,
+                                    policy=options.face_policy, smooth=options.smooth, fps=float(info.fps),
+                                    detections=det.slice(done + b, done + b + nb))
+                idx = track.detected.nonzero().squeeze(1)
+                if idx.numel():
+                    at = idx + b
+                    crops = editor.face_crops(fb[idx], track.box[idx])
+                    masked[at], reference[at] = editor.reference_latents(edit, crops, bs)
+                    m = editor.blend_masks_for(fb[idx], track.box[idx], track.lm68[idx], options.blend, models.parser)
+                    masks[at.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+                tracks.append(track)
+                progress("video", done + b + nb, max(total, done + b + nb), preview=_overlay_preview(fb, track))
             save_file({"masked": masked.half(), "reference": reference.half()},
                       str(tmp / f"latents_{k:05d}.safetensors"))
             np.savez_compressed(tmp / f"masks_{k:05d}.npz", masks=masks)
-            tracks.append(track)
             done += n
             del frames, masks
             trim_heap()
-            if progress is not None:
-                progress("video", done, info.frame_count)
         if not tracks:
             raise MediaError(f"{video} holds no decodable video frames.")
         full = FaceTrack.concat(tracks)
@@ -289,7 +308,7 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
 
 
 def audio_conditioning(models: PipelineModels, whisper16k: torch.Tensor, motion16k: torch.Tensor, fps: float,
-                       n_out: int, options: LipSyncOptions, progress: Callable[[str, int, int], None] | None = None
+                       n_out: int, options: LipSyncOptions, progress: ProgressCallback | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(Whisper states [T50,5,384] half, frame windows [n_out,10], expressions [n_out,64] or None).
 
@@ -349,25 +368,212 @@ def _source_frames(reader, index: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
 
 
+@dataclass
+class _Batch:
+    """One batch of output frames on its way from the reader, through the networks, to the encoder."""
+
+    start: int  # position of the first frame in the output
+    frames: torch.Tensor  # uint8 [n,H,W,3] source frames (CPU), pasted in place
+    sel: torch.Tensor  # rows with a face
+    boxes: torch.Tensor | None = None  # [m,4] face boxes of those rows
+    masks: torch.Tensor | None = None  # uint8 [m,H,W] cached blend masks
+    masked: torch.Tensor | None = None  # [m,4,32,32] cached latents (pinned when the device is CUDA)
+    reference: torch.Tensor | None = None
+    mouth: torch.Tensor | None = None  # uint8 [m,256,256] mouth depth (None: audio-only)
+    audio: torch.Tensor | None = None  # [m,50,384] audio features
+    faces: torch.Tensor | None = None  # uint8 [m,256,256,3] edited faces on the host (after the networks)
+    ready: object | None = None  # CUDA event: the faces' copy to the host is complete
+
+
+class _EditStage:
+    """The edit pass as three stages for :func:`joygen_core.engine.run_stages`: ``source`` (decode, cache reads,
+    mouth depth raster, audio features), ``work`` (the networks, on the caller's thread, with the progress
+    reports) and ``sink`` (paste, then the encoder). ``seconds`` sums each stage's busy time."""
+
+    def __init__(self, *, video: Path, index: torch.Tensor, track, cache: VideoCache, chunk_len: int,
+                 states: torch.Tensor, windows: torch.Tensor, exp: torch.Tensor | None, fixed_ref: torch.Tensor | None,
+                 models: PipelineModels, options: LipSyncOptions, progress: ProgressCallback | None):
+        from .edit import editor
+
+        self.video, self.index, self.track, self.cache, self.chunk_len = video, index, track, cache, chunk_len
+        self.states, self.windows, self.exp, self.fixed_ref = states, windows, exp, fixed_ref
+        self.models, self.options, self.progress = models, options, progress
+        self.n_out = int(index.numel())
+        self.batch = max(int(options.batch_size), 1)
+        edit = models.edit
+        self.cuda = torch.device(edit.device).type == "cuda"
+        self.black = None
+        if not options.use_depth:  # one latent for every frame, kept on the device
+            self.black = editor.black_depth_latent(edit).to(edit.device, edit.dtype)
+        self.done = 0
+        self.frames_with_face = 0
+        self.seconds = {k: 0.0 for k in ("decode", "cache reads", "depth raster", "audio features", "networks",
+                                         "paste", "encode")}
+
+    # ---------------------------------------------------------------- reader side
+
+    def _host(self, t: torch.Tensor) -> torch.Tensor:
+        """Page-locked when the networks run on CUDA: the upload is then asynchronous."""
+        return t.pin_memory() if self.cuda else t
+
+    def source(self) -> Iterator[_Batch]:
+        from .render.depth import render_mouth_depth
+        from .video.io import FrameReader
+
+        bs, opt, sec = self.batch, self.options, self.seconds
+        read_len = -(-max(opt.chunk_frames, 1) // bs) * bs  # a whole number of batches per read
+        with FrameReader(self.video) as reader:
+            for a in range(0, self.n_out, read_len):
+                ts = time.perf_counter()
+                chunk = _source_frames(reader, self.index[a:a + read_len])
+                sec["decode"] += time.perf_counter() - ts
+                for b in range(0, chunk.shape[0], bs):
+                    at = a + b
+                    src = self.index[at:at + bs]
+                    sub = self.track.select(src)
+                    sel = sub.detected.nonzero().squeeze(1)
+                    item = _Batch(start=at, frames=chunk[b:b + bs], sel=sel)
+                    if sel.numel():
+                        ts = time.perf_counter()
+                        masked, ref, masks = self.cache.gather(src[sel], self.chunk_len)
+                        if self.fixed_ref is not None:
+                            ref = self.fixed_ref.expand(sel.numel(), -1, -1, -1)
+                        item.masked, item.reference = self._host(masked), self._host(ref.contiguous())
+                        item.masks, item.boxes = masks, sub.box[sel]
+                        t2 = time.perf_counter()
+                        sec["cache reads"] += t2 - ts
+                        if opt.use_depth:
+                            mouth, _ = render_mouth_depth(sub.select(sel), self.exp[at:at + bs][sel],
+                                                          self.models.recon.bfm, opt.raster_backend, preview=False,
+                                                          batch_size=bs)
+                            # the depth node's 0..1 maps as the official uint8 image (editor.depth_latents)
+                            item.mouth = self._host((mouth.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+                        t3 = time.perf_counter()
+                        sec["depth raster"] += t3 - t2
+                        item.audio = self._host(_features(self.states, self.windows[at:at + bs][sel]))
+                        sec["audio features"] += time.perf_counter() - t3
+                    yield item
+                del chunk
+                trim_heap()
+
+    # ---------------------------------------------------------------- the caller's thread
+
+    def work(self, item: _Batch) -> _Batch:
+        """The networks on one batch, then its progress report (which may raise: the run then stops)."""
+        from .edit import editor
+
+        ts = time.perf_counter()
+        edit = self.models.edit
+        if item.sel.numel():
+            self.frames_with_face += int(item.sel.numel())
+            if self.black is not None:
+                depth = self.black
+            else:
+                mouth = item.mouth.to(edit.device, non_blocking=True)
+                depth = editor.encode_on_device(edit, editor.to_vae_input(mouth))
+            faces = editor.edit_batch(edit, item.masked, item.reference, depth, item.audio)
+            if self.cuda:  # the copy back runs on the stream; the writer waits for it, not this thread
+                host = torch.empty(faces.shape, dtype=faces.dtype, pin_memory=True)
+                host.copy_(faces, non_blocking=True)
+                item.ready = torch.cuda.Event()
+                item.ready.record()
+                item.faces = host
+            else:
+                item.faces = faces
+        self.seconds["networks"] += time.perf_counter() - ts
+        self.done += item.frames.shape[0]
+        if self.progress is not None:
+            self.progress("edit", self.done, self.n_out, preview=self._preview(item))
+        return item
+
+    @staticmethod
+    def _preview(item: _Batch) -> Preview:
+        """The latest edited face crop beside the mouth depth that drove it (the source frame without a face)."""
+
+        def draw() -> np.ndarray:
+            if item.faces is None:
+                return item.frames[-1].numpy().copy()
+            if item.ready is not None:
+                item.ready.synchronize()
+            face = item.faces[-1].numpy()
+            if item.mouth is None:
+                return face.copy()
+            depth = np.repeat(item.mouth[-1].numpy()[..., None], 3, axis=-1)
+            return np.concatenate([face, depth], axis=1)
+
+        return draw
+
+    # ---------------------------------------------------------------- writer side
+
+    def pasted(self, items: Iterator[_Batch]) -> Iterator[np.ndarray]:
+        """Frames for the encoder: the edited faces pasted back through the cached blend masks."""
+        from .edit.blend import paste_faces
+
+        while True:
+            tw = time.perf_counter()
+            item = next(items, None)
+            ts = time.perf_counter()
+            self.seconds["encode"] -= ts - tw  # waiting for the networks is not encoding
+            if item is None:
+                return
+            if item.faces is not None:
+                if item.ready is not None:
+                    item.ready.synchronize()
+                sel = item.sel
+                item.frames[sel] = paste_faces(item.frames[sel], item.faces, item.boxes, item.masks)
+            frames = item.frames.numpy()
+            self.seconds["paste"] += time.perf_counter() - ts
+            yield frames
+
+    def sink(self, write: Callable[[Iterator[np.ndarray]], Path]) -> Callable[[Iterator[_Batch]], Path]:
+        """``write(frames)`` (the encoder) over the pasted frames; its busy time is the encode seconds."""
+
+        def run(items: Iterator[_Batch]) -> Path:
+            ts = time.perf_counter()
+            try:
+                return write(self.pasted(items))
+            finally:
+                self.seconds["encode"] += time.perf_counter() - ts - self.seconds["paste"]
+
+        return run
+
+
+def _write_video_kwargs(write_video, options: LipSyncOptions) -> dict:
+    """Encoder settings for ``write_video``: crf and preset, and the encoder where this version accepts it."""
+    import inspect
+
+    kw = {"crf": options.crf, "preset": options.preset}
+    if "encoder" in inspect.signature(write_video).parameters:
+        kw["encoder"] = options.encoder
+    elif options.encoder not in ("auto", "libx264"):
+        log.warning("This joygen_core.video.io.write_video has no encoder choice: using libx264.")
+    return kw
+
+
 def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, models: PipelineModels,
              options: LipSyncOptions | None = None, *, cache_root: Path | str | None = None,
-             overwrite: bool = False, progress: Callable[[str, int, int], None] | None = None,
+             overwrite: bool = False, progress: ProgressCallback | None = None,
              cache_max_gb: float | None = None) -> LipSyncReport:
     """Edit ``video`` so its lips follow ``audio``; write ``out`` (H.264 + AAC, the driving audio, the video's fps).
 
     ``audio`` may be an audio file, a video with sound, or a decoded ``AudioClip``. ``cache_root``: where
     per-video caches live (:func:`joygen_core.cache.default_cache_dir` is the usual place; None, or a folder that
     cannot be written, means a temporary cache deleted afterwards); after the run the least recently used entries
-    are evicted down to ``cache_max_gb`` (None: ``$JOYGEN_CACHE_MAX_GB`` or 20 GB). ``progress(stage, done,
-    total)``, stage in faces / video / audio / edit. The output's folder is checked before any work, and the
-    output appears only when complete.
+    are evicted down to ``cache_max_gb`` (None: ``$JOYGEN_CACHE_MAX_GB`` or 20 GB).
+
+    ``progress(stage, done, total, preview=None)`` (:class:`joygen_core.progress.ProgressCallback`) is called on
+    this thread once per ``options.batch_size`` frames of each stage (faces / video / audio / edit); ``preview``
+    builds, when called, the 3DMM overlay of the latest frame (video) or the latest edited face beside its mouth
+    depth (edit). When it raises (an interrupt), the run stops within a batch and the exception propagates: no
+    output, no partial cache. The output's folder is checked before any work, and the output appears only when
+    complete. With ``options.pipelined`` the edit pass reads ahead and encodes behind the networks
+    (:mod:`joygen_core.engine`); the frames written are the same as without.
     """
     import tempfile
 
     from .audio.prepare import finite_audio, to_mono_16k, to_motion_16k
-    from .edit import editor
-    from .render.depth import render_mouth_depth
-    from .video.io import FrameReader, probe_video, read_audio, write_video
+    from .engine import run_stages
+    from .video.io import probe_video, read_audio, write_video
     from .video.length import fit_length, frames_for_duration
 
     options = options or LipSyncOptions()
@@ -424,55 +630,23 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
 
             report.motion = Motion(exp, fps)
 
-        edit = models.edit
-        black = None if options.use_depth else editor.black_depth_latent(edit)
         fixed_ref = None
         if options.reference_frame >= 0:
             from safetensors.torch import load_file
 
             fixed_ref = load_file(str(cache.folder / "fixed_reference.safetensors"))["reference"].float()
-        timing = {"read": 0.0, "depth": 0.0, "edit": 0.0}
+        stage = _EditStage(video=video, index=index, track=track, cache=cache, chunk_len=chunk_len, states=states,
+                           windows=windows, exp=exp, fixed_ref=fixed_ref, models=models, options=options,
+                           progress=progress)
+        kw = _write_video_kwargs(write_video, options)
 
-        def frames_out() -> Iterator[np.ndarray]:
-            if progress is not None:
-                progress("edit", 0, n_out)
-            with FrameReader(video) as reader:
-                for a in range(0, n_out, options.chunk_frames):
-                    src = index[a:a + options.chunk_frames]
-                    ts = time.perf_counter()
-                    frames = _source_frames(reader, src)
-                    timing["read"] += time.perf_counter() - ts
-                    sub = track.select(src)
-                    sel = sub.detected.nonzero().squeeze(1)
-                    report.frames_with_face += int(sel.numel())
-                    if sel.numel():
-                        masked, ref, masks = cache.gather(src[sel], chunk_len)
-                        if fixed_ref is not None:
-                            ref = fixed_ref.expand(sel.numel(), -1, -1, -1)
-                        ts = time.perf_counter()
-                        if options.use_depth:
-                            e = exp[a:a + options.chunk_frames][sel]
-                            mouth, _ = render_mouth_depth(sub.select(sel), e, models.recon.bfm, options.raster_backend,
-                                                          preview=False)
-                            depth = editor.depth_latents(edit, mouth, options.batch_size)
-                        else:
-                            depth = black
-                        timing["depth"] += time.perf_counter() - ts
-                        ts = time.perf_counter()
-                        audio_feats = _features(states, windows[a:a + options.chunk_frames][sel])
-                        frames[sel] = editor.edit_chunk(edit, frames[sel], sub.box[sel], masked, ref, depth,
-                                                        audio_feats, masks, options.batch_size)
-                        timing["edit"] += time.perf_counter() - ts
-                    if progress is not None:
-                        progress("edit", min(a + options.chunk_frames, n_out), n_out)
-                    yield frames.numpy()
-                    del frames
-                    trim_heap()
+        def write(frames: Iterator[np.ndarray]) -> Path:
+            return write_video(out, frames, fps=info.fps, audio=clip, overwrite=overwrite, **kw)
 
-        write_video(out, frames_out(), fps=info.fps, audio=clip, crf=options.crf, overwrite=overwrite)
-        report.seconds["read frames"] = timing["read"]
-        report.seconds["mouth depth (render + encode)"] = timing["depth"]
-        report.seconds["edit (UNet, decode, blend)"] = timing["edit"]
+        run_stages(stage.source(), stage.work, stage.sink(write), pipelined=options.pipelined, depth=2,
+                   name="joygen-edit")
+        report.frames_with_face = stage.frames_with_face
+        report.seconds.update({f"edit: {k}": v for k, v in stage.seconds.items()})
         report.seconds["total"] = time.perf_counter() - t0
         if report.frames_with_face == 0:
             log.warning("No face was found in %s: the output is the input video with the new audio.", video)

@@ -106,7 +106,7 @@ def test_interrupted_run_leaves_no_output_and_no_trusted_cache(models, clip_dir,
     out = tmp_path / "out.mp4"
 
     def stop_at(stage):
-        def progress(s, done, total):
+        def progress(s, done, total, preview=None):
             if s == stage:
                 raise KeyboardInterrupt
 
@@ -378,7 +378,7 @@ from joygen_core.weights import ModelStore
 video, audio, out, cache, models_dir, stage = sys.argv[1:]
 models = load_models(ModelStore(models_dir), "cpu", blend="landmarks")  # as the models fixture: same key
 
-def progress(s, done, total):
+def progress(s, done, total, preview=None):
     if s == stage and done >= total:  # the stage's last chunk done: its work is on disk, the run not finished
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -472,3 +472,105 @@ def test_trim_ends_the_audio_track_with_the_video(models, clip_dir, tmp_path):
     assert report.frames == res.frame_count == src.frame_count == 16
     assert read_audio(clip_dir / "short.wav").duration > 0.8  # longer than the 0.64 s of video
     assert abs(read_audio(out).duration - 16 / 25) < 0.05
+
+
+# ---------------------------------------------------------------- progress per batch, previews, interrupts
+
+
+class Stop(Exception):
+    """What an interrupting progress callback raises (ComfyUI raises its own interrupt exception)."""
+
+
+@pytest.fixture(scope="module")
+def clip54(tmp_path_factory, face_frames) -> tuple[Path, AudioClip]:
+    """54 frames of the face clip (one chunk of 64), and 2.16 s of a buzzing tone: 54 output frames."""
+    d = tmp_path_factory.mktemp("clip54")
+    write_video(d / "face54.mp4", iter([face_frames[:54]]), fps=25.0)
+    t = torch.arange(int(2.16 * 16000)) / 16000
+    wave = (0.3 * torch.sin(2 * np.pi * 180 * t) * (torch.sin(2 * np.pi * 3 * t) > 0)).float()[None]
+    return d / "face54.mp4", AudioClip(wave, 16000)
+
+
+@pytest.fixture(scope="module")
+def counted_run(models, clip54, tmp_path_factory):
+    """One cold run of the 54-frame clip with batches of 8 and chunks of 64, every progress call recorded."""
+    video, audio = clip54
+    d = tmp_path_factory.mktemp("counted")
+    calls = []
+
+    def progress(stage, done, total, preview=None):
+        calls.append((stage, done, total, preview))
+
+    report = lip_sync(video, audio, d / "out.mp4", models, _opts(chunk_frames=64, batch_size=8),
+                      cache_root=d / "cache", progress=progress)
+    return calls, report, d
+
+
+def test_progress_is_reported_once_per_batch_in_every_stage(counted_run):
+    calls, report, d = counted_run
+    assert report.frames == 54 and not report.cache_hit
+    stages = [c[0] for c in calls]
+    assert stages == sorted(stages, key=["faces", "video", "audio", "edit"].index)  # stage by stage, in order
+    for stage in ("faces", "video", "edit"):
+        mine = [c for c in calls if c[0] == stage]
+        assert len(mine) == 7, (stage, [c[1:3] for c in mine])  # ceil(54 / 8), not one per chunk of 64
+        assert [c[1] for c in mine] == [8, 16, 24, 32, 40, 48, 54]
+        assert all(c[2] == 54 for c in mine)
+    assert [c[1:3] for c in calls if c[0] == "audio"] == [(1, 2), (2, 2)]
+
+
+def test_previews_show_the_3dmm_overlay_and_the_edited_face_with_its_depth(counted_run, face_frames):
+    calls, report, d = counted_run
+    assert all(c[3] is None for c in calls if c[0] in ("faces", "audio"))
+    video = [c[3] for c in calls if c[0] == "video"]
+    edit = [c[3] for c in calls if c[0] == "edit"]
+    assert all(callable(p) for p in video + edit)
+    overlay = video[-1]()  # the last frame of the clip with the landmarks drawn
+    assert overlay.dtype == np.uint8 and overlay.shape == face_frames.shape[1:]
+    green = (overlay[..., 1] == 255) & (overlay[..., 0] == 0) & (overlay[..., 2] == 0)
+    assert green.sum() >= 68  # the 68 landmarks, in pure green
+    face = edit[-1]()
+    assert face.dtype == np.uint8 and face.shape == (256, 512, 3)  # edited face | its mouth depth
+    depth = face[:, 256:]
+    assert (depth[..., 0] == depth[..., 1]).all() and depth.max() > 0 and (depth == 0).mean() > 0.5
+    assert face[:, :256].std() > 5  # a decoded face, not a blank
+
+
+@pytest.mark.parametrize("stage,at,pipelined", [("faces", 2, True), ("video", 3, True), ("audio", 1, True),
+                                                ("edit", 2, True), ("edit", 2, False)])
+def test_interrupt_stops_within_a_batch_and_leaves_nothing(models, clip54, counted_run, tmp_path, stage, at,
+                                                           pipelined):
+    import threading
+
+    video, audio = clip54
+    root = tmp_path / "cache"
+    if stage in ("audio", "edit"):  # the per-video work is done: interrupt the later stages on a warm cache
+        shutil.copytree(counted_run[2] / "cache", root)
+    before = set(threading.enumerate())
+    seen, after = [], []
+    stop = Stop("interrupted")
+
+    def progress(s, done, total, preview=None):
+        if seen and seen[-1] is stop:
+            after.append(s)
+        if s == stage:
+            seen.append(done)
+            if len(seen) == at:
+                seen.append(stop)
+                raise stop
+
+    out = tmp_path / "out.mp4"
+    with pytest.raises(Stop) as caught:
+        lip_sync(video, audio, out, models, _opts(chunk_frames=64, batch_size=8, pipelined=pipelined),
+                 cache_root=root, progress=progress)
+    assert caught.value is stop  # the very exception, re-raised
+    assert after == []  # not one more report (and so no more work) after the interrupt
+    assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []  # no output, no hidden partial
+    entries = list(root.iterdir()) if root.exists() else []
+    assert not [p for p in entries if "partial" in p.name]
+    if stage in ("faces", "video"):
+        assert entries == []  # nothing of the unfinished per-video work
+    else:
+        assert all(VideoCache(p).problem() is None for p in entries)  # the finished entry, intact and released
+        assert not [f for p in entries for f in p.iterdir() if f.name.startswith(".in_use.")]
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []  # no thread left behind

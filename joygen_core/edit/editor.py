@@ -71,13 +71,32 @@ def lower_half_mask(size: int = FACE_SIZE) -> torch.Tensor:
     return m
 
 
+def _vae_layout(models: EditModels, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the models' dtype on their device (channels-last when the models are)."""
+    x = x.to(models.device, models.dtype, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if getattr(models, "channels_last", False) else x
+
+
+@torch.no_grad()
+def encode_on_device(models: EditModels, images: torch.Tensor) -> torch.Tensor:
+    """[-1,1] images [B,3,S,S] (any device) -> scaled latents [B,4,S/8,S/8] in the models' dtype, left on their
+    device: no host synchronisation (the pipeline's batch loop)."""
+    return models.vae.encode(_vae_layout(models, images)).latent_dist.mean * models.latent_scale
+
+
+@torch.no_grad()
+def decode_on_device(models: EditModels, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents [B,4,h,w] -> uint8 faces [B,8h,8w,3] (official rounding), left on the models' device."""
+    img = models.vae.decode(_vae_layout(models, latents) / models.latent_scale).sample.float()
+    img = (img / 2 + 0.5).clamp(0, 1)
+    return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def encode(models: EditModels, images: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """[-1,1] images [B,3,S,S] -> scaled latents [B,4,S/8,S/8] (posterior mean), float32 on the CPU."""
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = images[i:i + batch_size].to(models.device, models.dtype)
-        out.append((models.vae.encode(x).latent_dist.mean * models.latent_scale).float().cpu())
+    out = [encode_on_device(models, images[i:i + batch_size]).float().cpu()
+           for i in range(0, images.shape[0], batch_size)]
     if not out:
         return torch.zeros(0, 4, images.shape[2] // 8, images.shape[3] // 8)
     return torch.cat(out)
@@ -86,12 +105,7 @@ def encode(models: EditModels, images: torch.Tensor, batch_size: int = 8) -> tor
 @torch.no_grad()
 def decode(models: EditModels, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """Scaled latents [B,4,h,w] -> uint8 faces [B,8h,8w,3] (official rounding)."""
-    out = []
-    for i in range(0, latents.shape[0], batch_size):
-        z = latents[i:i + batch_size].to(models.device, models.dtype) / models.latent_scale
-        img = models.vae.decode(z).sample.float()
-        img = (img / 2 + 0.5).clamp(0, 1)
-        out.append((img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu())
+    out = [decode_on_device(models, latents[i:i + batch_size]).cpu() for i in range(0, latents.shape[0], batch_size)]
     if not out:
         return torch.zeros(0, latents.shape[2] * 8, latents.shape[3] * 8, 3, dtype=torch.uint8)
     return torch.cat(out)
@@ -106,7 +120,24 @@ def predict_latents(unet: torch.nn.Module, latent_in: torch.Tensor, audio: torch
     """One UNet forward at timestep 0 (JoyGen is a single-step editor), in the UNet's dtype and device."""
     p = next(unet.parameters())
     t = torch.zeros(latent_in.shape[0], device=p.device, dtype=torch.long)
-    return unet(latent_in.to(p.device, p.dtype), t, encoder_hidden_states=audio.to(p.device, p.dtype)).sample
+    x = latent_in.to(p.device, p.dtype, non_blocking=True)
+    if getattr(unet, "joygen_channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return unet(x, t, encoder_hidden_states=audio.to(p.device, p.dtype, non_blocking=True)).sample
+
+
+@torch.no_grad()
+def edit_batch(models: EditModels, masked: torch.Tensor, reference: torch.Tensor, depth: torch.Tensor,
+               audio: torch.Tensor) -> torch.Tensor:
+    """One batch, all on the models' device with no host synchronisation: latents [B,4,32,32] x3 (``depth`` may
+    be [1,4,32,32], shared) + audio features [B,50,384] -> edited uint8 faces [B,256,256,3] on the device."""
+    n = masked.shape[0]
+    dev = lambda t: t.to(models.device, models.dtype, non_blocking=True)  # noqa: E731
+    d = dev(depth)
+    if d.shape[0] != n:
+        d = d.expand(n, -1, -1, -1)
+    pred = predict_latents(models.unet, unet_input(dev(masked), dev(reference), d), audio)
+    return decode_on_device(models, pred)
 
 
 @torch.no_grad()
@@ -124,9 +155,8 @@ def edit_faces(models: EditModels, masked: torch.Tensor, reference: torch.Tensor
     faces = []
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
-        d = depth[sl] if depth.shape[0] == n else depth.expand(min(batch_size, n - i), -1, -1, -1)
-        pred = predict_latents(models.unet, unet_input(masked[sl], reference[sl], d), audio[sl])
-        faces.append(decode(models, pred, batch_size))
+        d = depth[sl] if depth.shape[0] == n else depth
+        faces.append(edit_batch(models, masked[sl], reference[sl], d, audio[sl]).cpu())
         if progress is not None:
             progress(min(i + batch_size, n), n)
     if not faces:
