@@ -149,7 +149,7 @@ class JoyGenAudio2Motion:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "audio2motion": ("JOYGEN_A2M", {"tooltip": "From JoyGen Load Audio2Motion."}),
+            "audio2motion": ("JOYGEN_A2M", {"tooltip": "From JoyGen Load Audio to Motion."}),
             "audio": ("AUDIO", {"tooltip": "Driving speech; any sample rate and channel count."}),
             "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
                               "tooltip": "Frame rate of the video being edited."}),
@@ -175,7 +175,7 @@ class JoyGenAudio2Motion:
 
         clip, wav = _audio16k(audio, for_motion=True)
         n = _frame_count(clip, fps, frame_count)
-        bar = stage_progress("audio to motion", desc="JoyGen Audio2Motion")
+        bar = stage_progress("audio to motion", desc="JoyGen Audio to Motion")
         try:
             check_interrupt()
             motion = audio_to_motion(audio2motion.model, audio2motion.hubert, wav, float(fps), n, seed=int(seed),
@@ -194,7 +194,7 @@ NODE_CLASS_MAPPINGS = {
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "JoyGenLoadWhisper": "JoyGen Load Whisper",
-    "JoyGenLoadAudio2Motion": "JoyGen Load Audio2Motion",
+    "JoyGenLoadAudio2Motion": "JoyGen Load Audio to Motion",
     "JoyGenAudioFeatures": "JoyGen Audio Features",
-    "JoyGenAudio2Motion": "JoyGen Audio2Motion",
+    "JoyGenAudio2Motion": "JoyGen Audio to Motion",
 }

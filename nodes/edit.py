@@ -256,7 +256,7 @@ class JoyGenLipSync:
                          "audio-to-motion sample."}),
             },
             "optional": {
-                "audio2motion": ("JOYGEN_A2M", {"tooltip": "From JoyGen Load Audio2Motion; leave it out for "
+                "audio2motion": ("JOYGEN_A2M", {"tooltip": "From JoyGen Load Audio to Motion; leave it out for "
                                  "audio-only editing (no depth)."}),
                 "face_parser": ("JOYGEN_FACE_PARSER", {"tooltip": "From JoyGen Load Face Parser (blend parsing)."}),
                 "face_policy": (["largest", "track"], {"default": "largest", "tooltip": "With several faces: the "

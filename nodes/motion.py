@@ -65,7 +65,7 @@ class JoyGenAdjustMotion:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "motion": ("JOYGEN_MOTION", {"tooltip": "Expression coefficients per frame (JoyGen Audio2Motion or "
+                "motion": ("JOYGEN_MOTION", {"tooltip": "Expression coefficients per frame (JoyGen Audio to Motion or "
                            "JoyGen Motion from Video)."}),
                 "amplitude": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                         "tooltip": "Mouth amplitude: scales each frame's deviation from the "

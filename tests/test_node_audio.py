@@ -26,9 +26,9 @@ def test_registered_with_tooltips(nodes, pack):
     from joygen_pack.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
     for node_id, name in (("JoyGenLoadWhisper", "JoyGen Load Whisper"),
-                          ("JoyGenLoadAudio2Motion", "JoyGen Load Audio2Motion"),
+                          ("JoyGenLoadAudio2Motion", "JoyGen Load Audio to Motion"),
                           ("JoyGenAudioFeatures", "JoyGen Audio Features"),
-                          ("JoyGenAudio2Motion", "JoyGen Audio2Motion")):
+                          ("JoyGenAudio2Motion", "JoyGen Audio to Motion")):
         assert NODE_CLASS_MAPPINGS[node_id] is nodes.NODE_CLASS_MAPPINGS[node_id]
         assert NODE_DISPLAY_NAME_MAPPINGS[node_id] == name
         cls = nodes.NODE_CLASS_MAPPINGS[node_id]

@@ -89,3 +89,18 @@ def test_adapter_store_refuses_escapes(pack, bad):
 
     with pytest.raises(UnsafePathError):
         model_store().path(bad)
+
+
+def test_one_name_per_node_in_tooltips_and_descriptions(pack):
+    """Every "JoyGen <Name>" a tooltip or description mentions is a node's display name (the menu's words)."""
+    import re
+
+    names = sorted(pack.NODE_DISPLAY_NAME_MAPPINGS.values(), key=len, reverse=True) + ["JoyGen UNet"]  # a model
+    texts = []
+    for node_id, cls in pack.NODE_CLASS_MAPPINGS.items():
+        texts.append((node_id, getattr(cls, "DESCRIPTION", "")))
+        texts += [(f"{node_id}.{name}", (value[1] if len(value) > 1 else {}).get("tooltip", ""))
+                  for _, name, value in _all_inputs(cls)]
+    bad = [(where, text[m.start():m.start() + 40]) for where, text in texts
+           for m in re.finditer(r"JoyGen (?=[A-Z0-9])", text) if not any(text.startswith(n, m.start()) for n in names)]
+    assert bad == []
