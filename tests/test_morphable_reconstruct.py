@@ -100,3 +100,17 @@ def test_alignment_and_projection_agree_on_a_real_face(astronaut, models):
     assert (torch.stack([lm[48], lm[54]]) - five[3:]).norm(dim=1).max() < 15
     x1, y1, x2, y2 = track.box[0].tolist()
     assert x1 < five[:, 0].min() and x2 > five[:, 0].max() and y1 < five[:, 1].min() and y2 > five[:, 1].max()
+
+
+def test_progress_reports_each_batch_with_an_overlay_preview(face_frames, models):
+    frames = face_frames[:5].copy()
+    calls = []
+    track = reconstruct(frames, models.detector, models.regressor, models.bfm, batch_size=2,
+                        progress=lambda d, t, preview=None: calls.append((d, t, preview)))
+    regress_calls = [c for c in calls if c[2] is not None]
+    assert len(regress_calls) == 3  # 5 faces in batches of 2
+    assert calls[-1][:2] == (10, 10) and [c[0] for c in calls] == sorted(c[0] for c in calls)
+    image = regress_calls[-1][2]()
+    assert isinstance(image, np.ndarray) and image.shape == frames.shape[1:] and image.dtype == np.uint8
+    assert np.array_equal(image, draw_preview(torch.from_numpy(frames[4:5]), track.select([4]))[0].numpy())
+    assert not np.array_equal(image, frames[4])  # the landmarks are drawn

@@ -92,3 +92,21 @@ def test_crop_box_pads_outside_the_frame():
     assert a[0].tolist() == [0, 8, 9, 10] and a[1].tolist() == [0, 12, 13, 14] and (a[2:] == 0).all()
     empty = crop_box(maps, torch.tensor([[3, 3, 1, 1]]))[0]
     assert empty.shape == (0, 0)
+
+
+def test_progress_reports_each_batch_with_a_depth_preview():
+    from test_node_depth import small_bfm, small_track
+
+    from joygen_core.render.depth import render_mouth_depth
+
+    track = small_track(5)  # frame 1 has no face: 4 to render
+    calls = []
+    mouth, face = render_mouth_depth(track, torch.zeros(5, 64), small_bfm(), backend="torch", batch_size=3,
+                                     progress=lambda d, t, preview=None: calls.append((d, t, preview)))
+    assert [c[:2] for c in calls] == [(3, 4), (4, 4)]
+    image = calls[-1][2]()
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[..., 0], (face[4] * 255).round().to(torch.uint8).numpy())
+    _, none = render_mouth_depth(track, None, small_bfm(), backend="torch", preview=False,
+                                 progress=lambda d, t, preview=None: calls.append((d, t, preview)))
+    assert np.array_equal(calls[-1][2]()[..., 1], (mouth[4] * 255).round().to(torch.uint8).numpy())

@@ -104,7 +104,7 @@ def detect_all(chunks, detector, policy: str = "largest", *, min_score: float = 
 
 def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet, bfm: BFM, batch_size: int = 64,
                 *, policy: str = "largest", smooth: bool = False, fps: float | None = None,
-                min_score: float = 0.0, progress: Callable[[int, int], None] | None = None,
+                min_score: float = 0.0, progress: Callable[..., None] | None = None,
                 detections: Detections | None = None) -> FaceTrack:
     """Build the face track of uint8 frames [T,H,W,C] (C = 1, 3 or 4).
 
@@ -154,10 +154,16 @@ def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet
         track.lm68[sel] = lm
         track.box[sel] = face_box_from_lm68(lm, fallback=det.box[sel])
         if progress is not None:
-            progress(n + min(i + bs, len(idx)) * n // max(len(idx), 1), 2 * n)
+            progress(n + min(i + bs, len(idx)) * n // max(len(idx), 1), 2 * n,
+                     preview=_overlay_of(frames, track, int(sel[-1])))
     if progress is not None:
         progress(2 * n, 2 * n)
     return track
+
+
+def _overlay_of(frames: torch.Tensor, track: FaceTrack, j: int) -> Callable[[], np.ndarray]:
+    """A progress preview: frame ``j`` with its landmarks, drawn only if a display asks for it."""
+    return lambda: draw_preview(frames[j:j + 1], track.select([j]))[0].numpy()
 
 
 def draw_preview(frames: torch.Tensor, track: FaceTrack, radius: int = 1) -> torch.Tensor:

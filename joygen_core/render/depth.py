@@ -95,7 +95,7 @@ def mouth_depth_from_crops(crops: list[np.ndarray], lips: torch.Tensor, size: in
 
 def render_mouth_depth(track, exp: torch.Tensor | None, bfm, backend: str = "auto", *, batch_size: int = 32,
                        device: torch.device | str | None = None, preview: bool = True,
-                       progress: Callable[[int, int], None] | None = None
+                       progress: Callable[..., None] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mouth depth [T,256,256] in 0..1 (official uint8 / 255) and the full-face depth preview [T,H,W] in 0..1.
 
@@ -139,5 +139,13 @@ def render_mouth_depth(track, exp: torch.Tensor | None, bfm, backend: str = "aut
         if face is not None:
             face[idx] = frame_maps.float().round().clamp(0, 255) / 255.0
         if progress is not None:
-            progress(min(k + batch_size, todo.numel()), todo.numel())
+            j = int(idx[-1])
+            progress(min(k + batch_size, todo.numel()), todo.numel(),
+                     preview=lambda j=j: _depth_image(mouth[j] if face is None else face[j]))
     return mouth, face
+
+
+def _depth_image(depth: torch.Tensor) -> np.ndarray:
+    """A 0..1 depth map as an RGB uint8 image (a progress preview)."""
+    gray = (depth.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return np.repeat(gray[..., None], 3, axis=2)
