@@ -12,6 +12,12 @@ caller's thread; an exception raised by ``work`` (an interrupt) ends the produce
 iterator raise :class:`Cancelled` inside ``sink`` (so a writer removes its partial file); both threads are joined
 before the caller's exception propagates, so no thread outlives the call. Queues hold at most ``depth`` items,
 so memory stays a few items whatever the length.
+
+CPU threads: torch keeps its own intra-op pool (one thread per core, ``torch.set_num_threads`` left alone: the
+networks are the critical path, and on a GPU they barely use the CPU); the codecs run their own threads outside
+it (PyAV decodes with FFmpeg's automatic threading, x264 encodes with its default frame threads). On a CPU-only
+machine the pools then share the cores: the producer and the consumer sleep on their queues whenever they are
+ahead, so oversubscription lasts only while a codec and the networks are both busy, which is the overlap wanted.
 """
 
 from __future__ import annotations

@@ -574,3 +574,44 @@ def test_interrupt_stops_within_a_batch_and_leaves_nothing(models, clip54, count
         assert all(VideoCache(p).problem() is None for p in entries)  # the finished entry, intact and released
         assert not [f for p in entries for f in p.iterdir() if f.name.startswith(".in_use.")]
     assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []  # no thread left behind
+
+
+def test_pipelined_and_serial_engines_hand_the_encoder_the_same_frames(models, clip54, counted_run, tmp_path,
+                                                                       monkeypatch):
+    """Reading ahead and encoding behind the networks changes when things run, never what is written."""
+    import joygen_core.video.io as video_io
+
+    video, audio = clip54
+    encoded = {}
+    real_write = video_io.write_video
+
+    def keep_frames(path, frames, **kw):
+        chunks = []
+
+        def tee():
+            for c in frames:
+                chunks.append(np.array(c))  # a copy of what the encoder got, as it got it
+                yield c
+
+        try:
+            return real_write(path, tee(), **kw)
+        finally:
+            encoded[Path(path).stem] = (chunks, kw)
+
+    monkeypatch.setattr(video_io, "write_video", keep_frames)
+    shutil.copytree(counted_run[2] / "cache", tmp_path / "cache")  # warm: the edit pass alone differs
+    for pipelined in (True, False):
+        name = "pipelined" if pipelined else "serial"
+        report = lip_sync(video, audio, tmp_path / f"{name}.mp4", models,
+                          _opts(chunk_frames=64, batch_size=8, pipelined=pipelined, preset="veryfast"),
+                          cache_root=tmp_path / "cache")
+        assert report.cache_hit and report.frames_with_face == 54
+    (a, kw), (b, _) = encoded["pipelined"], encoded["serial"]
+    assert [c.shape[0] for c in a] == [8] * 6 + [6]  # one batch at a time into the encoder
+    assert np.array_equal(np.concatenate(a), np.concatenate(b))
+    assert kw["preset"] == "veryfast" and kw["crf"] == 18
+    first = read_frames(counted_run[2] / "out.mp4").astype(int)
+    assert np.abs(np.concatenate(a).astype(int) - first).mean() < 2.5  # the cold run's picture, one encode apart
+    got, want = read_frames(tmp_path / "pipelined.mp4"), read_frames(tmp_path / "serial.mp4")
+    assert got.shape == want.shape == (54, *np.concatenate(a).shape[1:])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # x264 itself may round a pixel differently
