@@ -176,7 +176,7 @@ class _StageSampler:
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
             self._stop.wait(self.every)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int, preview=None) -> None:
         self.stage = stage
 
     def stop(self) -> dict:

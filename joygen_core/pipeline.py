@@ -643,9 +643,11 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
         def write(frames: Iterator[np.ndarray]) -> Path:
             return write_video(out, frames, fps=info.fps, audio=clip, overwrite=overwrite, **kw)
 
+        t2 = time.perf_counter()
         run_stages(stage.source(), stage.work, stage.sink(write), pipelined=options.pipelined, depth=2,
                    name="joygen-edit")
         report.frames_with_face = stage.frames_with_face
+        report.seconds["edit pass (wall)"] = time.perf_counter() - t2
         report.seconds.update({f"edit: {k}": v for k, v in stage.seconds.items()})
         report.seconds["total"] = time.perf_counter() - t0
         if report.frames_with_face == 0:
