@@ -7,7 +7,6 @@ it needs when it runs, and ``edit`` checks its files before any model loads.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -61,16 +60,11 @@ def cmd_download(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> LipSyncOptions:
     from .pipeline import LipSyncOptions
 
-    wanted = dict(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
-                  reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
-                  seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf,
-                  preset=args.preset, encoder=args.encoder, pipelined=not args.serial,
-                  motion_amplitude=args.motion_amplitude, motion_shift=args.motion_shift)
-    known = {f.name: f for f in dataclasses.fields(LipSyncOptions)}
-    for name in sorted(set(wanted) - set(known)):  # an option this pipeline does not have (yet)
-        if wanted[name] != {"preset": "medium", "encoder": "auto", "pipelined": True}.get(name):
-            log.warning("This version of the pipeline has no %s setting; it is ignored.", name)
-    return LipSyncOptions(**{k: v for k, v in wanted.items() if k in known})
+    return LipSyncOptions(length_mode=args.length, use_depth=not args.audio_only, blend=args.blend,
+                          reference_frame=args.reference_frame, face_policy=args.face_policy, smooth=args.smooth,
+                          seed=args.seed, batch_size=args.batch_size, chunk_frames=args.chunk_frames, crf=args.crf,
+                          preset=args.preset, encoder=args.encoder, pipelined=not args.serial,
+                          motion_amplitude=args.motion_amplitude, motion_shift=args.motion_shift)
 
 
 def _dtype(name: str) -> torch.dtype | None:

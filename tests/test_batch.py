@@ -84,6 +84,12 @@ def jobs(tmp_path_factory, face_frames):
     return d
 
 
+def _x264_settings(path: Path) -> str:
+    data = path.read_bytes()
+    start = data.find(b"options: ")
+    return data[start:data.find(b"\x00", start)].decode("ascii", "replace")
+
+
 def _batch(jobs: Path, models_dir: Path, out: Path, *extra: str) -> int:
     from joygen_core.cli import main
 
@@ -97,11 +103,12 @@ def test_two_shards_write_what_one_run_writes_and_a_rerun_skips(jobs, models_dir
 
     expected = {"a__hi.mp4", "a_yes.mp4", "b__hi.mp4"}
     # shard 0 of 2 named on the command line, shard 1 from the launcher's environment (torchrun / accelerate)
-    assert _batch(jobs, models_dir, tmp_path / "sharded", "--shard", "0/2") == 0  # rows 0 and 2
+    # (and the encoder settings and the serial engine reach the pipeline from the command line)
+    assert _batch(jobs, models_dir, tmp_path / "sharded", "--shard", "0/2", "--preset", "ultrafast") == 0  # rows 0, 2
     assert {p.name for p in (tmp_path / "sharded").iterdir()} == {"a__hi.mp4", "b__hi.mp4"}
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _batch(jobs, models_dir, tmp_path / "sharded") == 1  # rows 1 and 3: the missing video fails alone
+    assert _batch(jobs, models_dir, tmp_path / "sharded", "--serial") == 1  # rows 1, 3: the missing video fails alone
     text = capsys.readouterr().out
     assert "1 written, 0 skipped (output exists), 1 failed" in text
     assert "FAILED line 6: missing.mp4 + hi.wav" in text and "does not exist" in text
@@ -115,6 +122,8 @@ def test_two_shards_write_what_one_run_writes_and_a_rerun_skips(jobs, models_dir
     for name in expected:
         a, b = probe_video(tmp_path / "sharded" / name), probe_video(tmp_path / "whole" / name)
         assert a.frame_count == b.frame_count == 4 and a.has_audio and (a.width, a.height) == (b.width, b.height)
+    assert "subme=0" in _x264_settings(tmp_path / "sharded" / "b__hi.mp4")  # ultrafast
+    assert "subme=7" in _x264_settings(tmp_path / "whole" / "b__hi.mp4")  # medium, the default
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "whole").iterdir()}
     assert _batch(jobs, models_dir, tmp_path / "whole") == 1
