@@ -21,6 +21,21 @@ def models(models_dir):
 
 
 @pytest.fixture(scope="module")
+def face_video(tmp_path_factory, face_frames, speech_wav):
+    """The real talking face with its speech as a lossless H.264 copy (crf 0), replacing conftest's for this module.
+
+    MTCNN also sees low-score false faces in this clip, and which frames hold one is part of what is checked
+    here (drops for several faces). In a lossy copy that changes from run to run: x264's output here varies
+    between runs of the same input (3 encodes, 3 different decodes, false faces in different frames), while a
+    lossless copy decodes to the same pixels every time.
+    """
+    from joygen_core.video.io import read_audio, write_video
+
+    out = tmp_path_factory.mktemp("lossless") / "face.mp4"
+    return write_video(out, iter([face_frames]), fps=25.0, audio=read_audio(speech_wav), crf=0)
+
+
+@pytest.fixture(scope="module")
 def media(tmp_path_factory, face_frames, speech_wav):
     """Small videos: 'mixed' (a face beside black, then gaps, two faces, a short run), no audio, corrupt."""
     from joygen_core.video.io import read_audio, write_video
