@@ -1,9 +1,13 @@
-"""Decoding memory vs video length: peak RSS while streaming a 720p video frame by frame.
+"""Decoding memory vs video length, and the H.264 encoder's speed per preset.
 
 Usage: python bench/bench_video.py [--minutes 1 10] [--fps 25]
 Makes synthetic 720p clips once (x264 ultrafast, in bench/out/), then decodes each in a fresh
 process with iter_frames and reports peak resident memory and decode speed. Flat memory means
 the decoder streams: a 10-minute video must not need more than a 1-minute one.
+
+Usage: python bench/bench_video.py --encode [--height 720 1080] [--frames 100]
+frames/s, size and PSNR of write_video for each preset (crf 18) with libx264, and with h264_nvenc
+where the machine has it: what the --preset / --encoder options trade.
 """
 
 from __future__ import annotations
@@ -48,11 +52,50 @@ def make_clip(path: Path, minutes: float, fps: int) -> None:
     write_video(path, frames(), fps, crf=35, preset="ultrafast")
 
 
+def encode_table(heights: list[int], frames: int, presets: list[str]) -> None:
+    """write_video's speed, file size and PSNR per encoder and preset, on a real face clip in a 16:9 frame."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import webp_frames
+    from joygen_core.video.io import nvenc_available, read_frames, write_video
+    from joygen_core.video.length import fit_length
+
+    src = webp_frames()
+    encoders = ["libx264"] + (["h264_nvenc"] if nvenc_available() else [])
+    print(f"{'size':>10} {'encoder':>10} {'preset':>9} {'frames/s':>9} {'KiB':>8} {'PSNR dB':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for h in heights:
+            w = h * 16 // 9 // 2 * 2
+            clip = np.full((frames, h, w, 3), 90, np.uint8)
+            side = min(h, src.shape[1])
+            y, x = (h - side) // 2, (w - side) // 2
+            clip[:, y:y + side, x:x + side] = src[fit_length(len(src), frames, "pingpong").numpy(), :side, :side]
+            for enc in encoders:
+                for preset in presets:
+                    out = Path(tmp) / f"{h}_{enc}_{preset}.mp4"
+                    t = time.perf_counter()
+                    write_video(out, (clip[i:i + 32] for i in range(0, frames, 32)), 25, preset=preset,
+                                encoder=enc)
+                    fps = frames / (time.perf_counter() - t)
+                    back = read_frames(out).astype(np.float64)
+                    psnr = 10 * np.log10(255 ** 2 / np.mean((back - clip) ** 2))
+                    print(f"{f'{w}x{h}':>10} {enc:>10} {preset:>9} {fps:>9.1f} {out.stat().st_size // 1024:>8d} "
+                          f"{psnr:>8.2f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     ap.add_argument("--fps", type=int, default=25)
+    ap.add_argument("--encode", action="store_true", help="the encoder table instead of the decoding memory")
+    ap.add_argument("--height", type=int, nargs="+", default=[720])
+    ap.add_argument("--frames", type=int, default=100)
+    ap.add_argument("--presets", nargs="+", default=["ultrafast", "veryfast", "medium", "slow"])
     args = ap.parse_args()
+    if args.encode:
+        encode_table(args.height, args.frames, args.presets)
+        return
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     rows = []
