@@ -348,3 +348,182 @@ def check_api(api: dict, workflow: dict | None, defs: dict[str, NodeDef], overri
             if expected[nid] != got[nid]:
                 p.add(f"api node {nid}", f"{got[nid]} differs from the UI workflow's {expected[nid]}")
     return p.items
+
+
+# ---------------------------------------------------------------- layout (what the graph looks like on the canvas)
+
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT: a node's title bar is drawn above its pos
+SLOT_HEIGHT = 20  # LiteGraph.NODE_SLOT_HEIGHT
+GROUP_TITLE = 1.4  # a group's title bar: font_size * 1.4, inside its bounding
+CANVAS = (1600, 900)  # the view a workflow is judged at
+# what ComfyUI's frontend (1.3x, new menu) draws over the canvas, in screen pixels: left / top / right / bottom bars,
+# and the minimap with the zoom controls in the bottom right corner
+CHROME = (60, 100, 10, 10)
+MINIMAP = (250, 260)
+
+
+def node_box(node: dict) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of a node on the canvas, title bar included (collapsed nodes: the title only)."""
+    x, y = node["pos"]
+    w, h = node["size"]
+    if node.get("flags", {}).get("collapsed"):
+        h = 0
+    return x, y - TITLE_HEIGHT, x + w, y + h
+
+
+def group_box(group: dict) -> tuple[float, float, float, float]:
+    x, y, w, h = group["bounding"]
+    return x, y, x + w, y + h
+
+
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(a, b) -> bool:
+    """Box a lies within box b."""
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
+
+
+WIDGET_ROW = 24  # a widget row (LiteGraph.NODE_WIDGET_HEIGHT 20 + its margin)
+
+
+def _slot(node: dict, slot: int, output: bool, d: NodeDef | None = None) -> tuple[float, float]:
+    """Where the frontend draws a slot's connection point: sockets in rows of 20 from the top (getConnectionPos); a
+    linked widget's socket on its widget's row, below the socket rows (needs the node's definition ``d``)."""
+    x, y = node["pos"]
+    half = SLOT_HEIGHT * 0.5
+    if output:
+        return x + node["size"][0] + 1 - half, y + (slot + 0.7) * SLOT_HEIGHT
+    entry = node.get("inputs", [])[slot] if slot < len(node.get("inputs", [])) else {}
+    if d is not None and "widget" in entry:
+        rows = max(len(d.sockets), len(d.outputs))
+        row = 0
+        for w in d.widgets:
+            if w.name == entry["widget"]["name"]:
+                break
+            row += 1 + w.extras  # the seed's control and the upload button are widget rows too
+        return x + half, y + rows * SLOT_HEIGHT + 14 + row * WIDGET_ROW
+    return x + half, y + (slot + 0.7) * SLOT_HEIGHT
+
+
+def _bezier(p: list[tuple[float, float]], n: int = 48) -> list[tuple[float, float]]:
+    out = []
+    for i in range(n + 1):
+        t = i / n
+        c = ((1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t ** 2, t ** 3)
+        out.append((sum(k * q[0] for k, q in zip(c, p)), sum(k * q[1] for k, q in zip(c, p))))
+    return out
+
+
+def wire_points(a: tuple[float, float], b: tuple[float, float], n: int = 64) -> list[tuple[float, float]]:
+    """Points along a link as LiteGraph's default spline draws it: a cubic from the output going right to the input
+    coming from the left, its handles a quarter of the distance long."""
+    d = math.dist(a, b) * 0.25
+    return _bezier([a, (a[0] + d, a[1]), (b[0] - d, b[1]), b], n)
+
+
+REROUTE_SPLINE = 80  # Reroute.maxSplineOffset
+
+
+def routed_points(start: tuple[float, float], end: tuple[float, float], chain: list[dict],
+                  next_of: dict[int, list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Points along a link drawn through native reroutes ``chain`` (from the output's side), as the frontend
+    draws it: each reroute turns the wire to the bisector of its incoming direction and the mean direction to
+    where its links go next (``next_of[reroute id]``), with handles at most 80 long."""
+    if not chain:
+        return wire_points(start, end)
+    points: list[tuple[float, float]] = []
+    prev = start
+    out_control = None  # the previous reroute's outgoing handle
+    for k, r in enumerate(chain):
+        pos = tuple(r["pos"])
+        ahead = next_of.get(r["id"]) or [end]
+        mean = sum(math.atan2(q[1] - pos[1], q[0] - pos[0]) for q in ahead) / len(ahead)
+        come = math.atan2(pos[1] - prev[1], pos[0] - prev[0])
+        half = (come - mean) * 0.5
+        if abs(half) > math.pi * 0.5:
+            half += math.pi
+        angle = come - half
+        cos, sin = math.cos(angle), math.sin(angle)
+        back = min(REROUTE_SPLINE, math.dist(prev, pos) * 0.25)
+        c1 = (prev[0] + math.dist(prev, pos) * 0.25, prev[1]) if out_control is None else \
+            (prev[0] + out_control[0], prev[1] + out_control[1])
+        points += _bezier([prev, c1, (pos[0] - back * cos, pos[1] - back * sin), pos])
+        nxt = tuple(chain[k + 1]["pos"]) if k + 1 < len(chain) else end
+        ahead_len = min(REROUTE_SPLINE, math.dist(pos, nxt) * 0.25)
+        out_control = (ahead_len * cos, ahead_len * sin)
+        prev = pos
+    d = math.dist(prev, end) * 0.25
+    points += _bezier([prev, (prev[0] + out_control[0], prev[1] + out_control[1]), (end[0] - d, end[1]), end])
+    return points
+
+
+def _wires(workflow: dict, defs: dict[str, NodeDef] | None) -> dict[int, list[tuple[float, float]]]:
+    """Every link's drawn points, reroutes (``extra.reroutes`` / ``extra.linkExtensions``) included."""
+    nodes = {n["id"]: n for n in workflow.get("nodes", [])}
+    extra = workflow.get("extra", {})
+    reroutes = {r["id"]: r for r in extra.get("reroutes") or []}
+    last = {e["id"]: e["parentId"] for e in extra.get("linkExtensions") or []}
+    ends, chains = {}, {}
+    for link in workflow.get("links", []):
+        lid, a, a_slot, b, b_slot = link[:5]
+        ends[lid] = (_slot(nodes[a], a_slot, True), _slot(nodes[b], b_slot, False, (defs or {}).get(nodes[b]["type"])))
+        chain, rid = [], last.get(lid)
+        while rid is not None and rid in reroutes:
+            chain.insert(0, reroutes[rid])
+            rid = reroutes[rid].get("parentId")
+        chains[lid] = chain
+    next_of: dict[int, list[tuple[float, float]]] = {}
+    for lid, chain in chains.items():
+        for k, r in enumerate(chain):
+            next_of.setdefault(r["id"], []).append(tuple(chain[k + 1]["pos"]) if k + 1 < len(chain) else ends[lid][1])
+    return {lid: routed_points(*ends[lid], chains[lid], next_of) for lid in chains}
+
+
+def layout_problems(workflow: dict, defs: dict[str, NodeDef] | None = None, canvas: tuple[int, int] = CANVAS,
+                    gap: float = 10) -> list[str]:
+    """What makes a UI-format graph hard to read: nodes or groups that overlap (title bars included, ``gap`` apart),
+    a node outside every group or in two, a group title under a node, a link running right to left, a wire drawn
+    across a node, a node or group outside the saved view (``extra.ds`` on a ``canvas`` of that size, less the
+    frontend's own bars: :data:`CHROME`). With ``defs``, links into widgets are drawn to the widget's row."""
+    problems = []
+    nodes = {n["id"]: n for n in workflow.get("nodes", [])}
+    boxes = {nid: node_box(n) for nid, n in nodes.items()}
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            pa = boxes[a]
+            if _overlaps((pa[0] - gap, pa[1] - gap, pa[2] + gap, pa[3] + gap), boxes[b]):
+                problems.append(f"nodes {a} and {b} overlap (or are closer than {gap:g})")
+    groups = [(g.get("title", "?"), group_box(g), g.get("font_size", 24) * GROUP_TITLE)
+              for g in workflow.get("groups", [])]
+    for i, (ta, a, _) in enumerate(groups):
+        for tb, b, _ in groups[i + 1:]:
+            if _overlaps(a, b):
+                problems.append(f"groups {ta!r} and {tb!r} overlap")
+    for nid, box in boxes.items():
+        inside = [t for t, g, title in groups if _inside(box, (g[0], g[1] + title, g[2], g[3]))]
+        touching = [t for t, g, _ in groups if _overlaps(box, g)]
+        if len(inside) != 1 or touching != inside:
+            problems.append(f"node {nid} ({nodes[nid].get('title') or nodes[nid]['type']}) is inside {inside} and "
+                            f"touches {touching}: it should sit inside exactly one group, below its title")
+    wires = _wires(workflow, defs)
+    for link in workflow.get("links", []):
+        lid, a, _, b = link[:4]
+        if boxes[a][2] >= boxes[b][0]:
+            problems.append(f"link {lid} runs from node {a} to node {b}, which is not to its right")
+        points = wires[lid]
+        crossed = sorted({nid for nid, box in boxes.items() if nid not in (a, b)
+                          for x, y in points if box[0] < x < box[2] and box[1] < y < box[3]})
+        if crossed:
+            problems.append(f"link {lid} ({a} -> {b}) is drawn across node(s) {crossed}")
+    ds = workflow.get("extra", {}).get("ds", {"scale": 1, "offset": [0, 0]})
+    scale, (ox, oy) = ds["scale"], ds["offset"]
+    left, top, right, bottom = CHROME
+    view = (left / scale - ox, top / scale - oy, (canvas[0] - right) / scale - ox, (canvas[1] - bottom) / scale - oy)
+    minimap = ((canvas[0] - MINIMAP[0]) / scale - ox, (canvas[1] - MINIMAP[1]) / scale - oy, view[2], view[3])
+    for what, box in [(f"node {nid}", box) for nid, box in boxes.items()] + [(f"group {t!r}", b) for t, b, _ in groups]:
+        if not _inside(box, view) or _overlaps(box, minimap):
+            problems.append(f"{what} is not (wholly) visible at the saved view")
+    return problems
