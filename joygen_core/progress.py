@@ -68,6 +68,7 @@ class JobProgress:
         self.finished: set[str] = set()  # stages that ran to their end
         self.skipped: set[str] = set()  # stages that never reported before a later one did
         self.stage_started = self.started
+        self.stage_done0 = 0
         self.preview_seconds = 0.0
         self.previews = 0
         self._last_preview = -float("inf")
@@ -83,7 +84,8 @@ class JobProgress:
                 self.finished.add(self.stage)
             pos = self.order.index(stage)
             self.skipped.update(s for s in self.order[:pos] if s not in self.finished and s != stage)
-            self.stage, self.stage_started = stage, self.clock()
+            # the rate counts from this first report: what it says was done before it took unmeasured time
+            self.stage, self.stage_started, self.stage_done0 = stage, self.clock(), int(done)
         self.done, self.total = int(done), max(int(total), 1)
         if self.done >= self.total:
             self.finished.add(stage)
@@ -106,10 +108,10 @@ class JobProgress:
         return STAGE_LABELS.get(self.stage or "", self.stage or "")
 
     @property
-    def rate(self) -> float:
-        """Units (frames) per second in the current stage."""
+    def rate(self) -> float | None:
+        """Units (frames) per second in the current stage (None until half a second of it has been seen)."""
         dt = self.clock() - self.stage_started
-        return self.done / dt if dt > 0 else 0.0
+        return (self.done - self.stage_done0) / dt if dt >= 0.5 else None
 
     @property
     def eta(self) -> float | None:
@@ -160,9 +162,9 @@ class TerminalProgress(JobProgress):
         self._open_line = False
 
     def line(self) -> str:
-        eta = self.eta
-        return (f"{self.label}: {self.done}/{self.total}, {self.rate:.1f}/s, {100 * self.fraction:.0f}% overall"
-                + (f", ETA {format_seconds(eta)}" if eta is not None else ""))
+        eta, rate = self.eta, self.rate
+        return (f"{self.label}: {self.done}/{self.total}" + (f", {rate:.1f}/s" if rate is not None else "")
+                + f", {100 * self.fraction:.0f}% overall" + (f", ETA {format_seconds(eta)}" if eta is not None else ""))
 
     def show(self, preview: np.ndarray | None) -> None:
         now = self.clock()

@@ -186,3 +186,21 @@ def test_a_still_mouth_draws_flat():
     h = _curve_height(img, COLOURS[0])
     h = h[h >= 0]
     assert h.max() - h.min() < 0.12 * (300 - BELOW_LEGEND)
+
+
+def test_two_equal_motions_both_show():
+    """An Adjust Motion at its defaults gives the same curve: the second still shows, as a rim around the first."""
+    img = plot_mouth_opening([_motion(), _motion()], tiny_bfm(), labels=["adjusted", "from audio"],
+                             width=800, height=300)
+    first, second = _curve_height(img, COLOURS[0]), _curve_height(img, COLOURS[1])
+    both = (first >= 0) & (second >= 0)
+    assert both.sum() > 0.2 * (first >= 0).sum()  # a rim along the flat stretches too, not only the slopes
+    assert np.median(np.abs(first[both] - second[both])) <= 6  # along the same curve, a rim's width above it
+
+
+def test_adjusted_motion_is_marked():
+    from joygen_core.motion.adjust import adjust_motion
+
+    m = _motion()
+    assert "adjusted" not in adjust_motion(m).meta
+    assert adjust_motion(m, amplitude=1.5).meta["adjusted"] is True

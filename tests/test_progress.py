@@ -123,3 +123,13 @@ def test_terminal_bar_on_a_tty_and_log_lines_otherwise(caplog):
 def test_format_seconds():
     assert format_seconds(65) == "1:05"
     assert format_seconds(3723) == "1:02:03"
+
+
+def test_rate_counts_from_the_stage_first_report():
+    clock = Clock()
+    p = JobProgress(clock=clock)
+    p("edit", 8, 64)  # a first batch done before any report: no rate yet, not 8 frames in 0 s
+    assert p.rate is None
+    clock.t += 2.0
+    p("edit", 16, 64)
+    assert p.rate == pytest.approx(4.0)

@@ -250,6 +250,10 @@ def adjust_motion(motion: Motion, amplitude: float = 1.0, smoothing_hz: float = 
     notes += n
     exp, n = shift(exp, shift_frames, out.fps)
     notes += n
-    for note in notes[len(_notes(motion)):]:
+    changes = notes[len(_notes(motion)):]
+    for note in changes:
         log.info("adjust motion: %s", note)
-    return _with_notes(exp, out.fps, out.meta, notes)
+    result = _with_notes(exp, out.fps, out.meta, notes)
+    if changes:
+        result.meta["adjusted"] = True  # plots label it apart from the motion it came from
+    return result

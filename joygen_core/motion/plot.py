@@ -81,8 +81,9 @@ def opening_series(motions: Sequence[Motion], bfm: BFM | None = None, track: Fac
         if track is not None and i == len(exps) - 1:  # frames without a face: no curve, a grey band
             v[~track.detected.cpu().numpy().astype(bool)] = np.nan
         is_track = track is not None and i == len(exps) - 1
-        # the face track: green and wider, drawn under the motions, so it shows as a rim where they coincide
-        out.append(Series(name, v, f, COLOURS[2] if is_track else COLOURS[i % 2], 4 if is_track else 2))
+        # each later curve is wider and drawn under the earlier ones (the face track green and widest), so a curve
+        # that coincides with another still shows as a rim around it
+        out.append(Series(name, v, f, COLOURS[2] if is_track else COLOURS[i % 2], 2 + 2 * i))
     ylabel = "mouth opening (mm)" if bfm is not None else "expression activity (no BFM)"
     return out, ylabel
 
