@@ -136,8 +136,12 @@ def _file_id(path: Path) -> list:
 
 
 def load_models(store: ModelStore, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, *,
-                use_depth: bool = True, blend: str = "parsing") -> PipelineModels:
-    """Load every model the job needs from the official layout of ``store``; a missing file is a clear error."""
+                use_depth: bool = True, blend: str = "parsing", channels_last: bool = False,
+                compile: bool = False) -> PipelineModels:
+    """Load every model the job needs from the official layout of ``store``; a missing file is a clear error.
+
+    ``dtype``: the VAE and UNet's compute dtype (default float16 on CUDA, float32 elsewhere; bfloat16 works too);
+    ``channels_last`` / ``compile``: see :func:`joygen_core.edit.models.optimize_edit_models`."""
     from .audio.hubert import load_hubert
     from .audio.whisper import load_whisper_encoder
     from .edit.models import default_dtype, load_edit_models
@@ -153,7 +157,8 @@ def load_models(store: ModelStore, device: torch.device | str = "cpu", dtype: to
         paths["face_parse"] = store.path("face_parse")
     recon = load_recon_models(paths["bfm"], paths["face_recon"], device, mp468_path=paths["bfm_mp468"])
     models = PipelineModels(recon=recon, whisper=load_whisper_encoder(paths["whisper"], device),
-                            edit=load_edit_models(paths["joygen_unet"], paths["vae"], device, dtype),
+                            edit=load_edit_models(paths["joygen_unet"], paths["vae"], device, dtype,
+                                                  channels_last=channels_last, compile=compile),
                             files={k: _file_id(p) for k, p in paths.items()})
     if use_depth:
         models.a2m = load_a2m(paths["a2m"], paths["a2m_config"], device=device)

@@ -114,3 +114,75 @@ def test_face_crop_and_vae_input_follow_the_official_rules():
     x = editor.to_vae_input(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8), lower_half_black=True)
     assert x.shape == (1, 3, 8, 8)
     assert torch.all(x[:, :, :4] == 1) and torch.all(x[:, :, 4:] == -1)
+
+
+# ---------------------------------------------------------------- reduced precision, channels-last (the GPU path)
+
+
+def _edit_inputs(n: int = 3):
+    g = torch.Generator().manual_seed(0)
+    lat = [torch.randn(n, 4, 32, 32, generator=g) for _ in range(2)]
+    depth = torch.zeros(n, 256, 256, dtype=torch.uint8)
+    depth[:, 150:200, 90:170] = 200
+    return lat[0], lat[1], depth, torch.randn(n, 50, 384, generator=g)
+
+
+def _edit(models, masked, reference, depth, audio):
+    d = editor.encode_on_device(models, editor.to_vae_input(depth))
+    return editor.edit_batch(models, masked, reference, d, audio)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_edit_is_close_to_float32(edit_folders, dtype):
+    from joygen_core.edit.models import load_edit_models
+
+    unet_dir, vae_dir, _ = edit_folders
+    ref = load_edit_models(unet_dir, vae_dir, "cpu", torch.float32)
+    low = load_edit_models(unet_dir, vae_dir, "cpu", dtype)
+    assert next(low.unet.parameters()).dtype == dtype and next(low.vae.parameters()).dtype == dtype
+    inputs = _edit_inputs()
+    try:
+        got = _edit(low, *inputs)
+    except RuntimeError as exc:  # a CPU kernel this torch build lacks in that dtype
+        pytest.skip(f"{dtype} on this CPU: {exc}")
+    want = _edit(ref, *inputs)
+    assert got.dtype == torch.uint8 and got.shape == want.shape == (3, 256, 256, 3)
+    diff = (got.int() - want.int()).abs().float()
+    assert diff.mean() < 3 and diff.quantile(0.99) <= 16, (diff.mean(), diff.max())  # rounding, not another picture
+    assert want.float().std() > 5  # the comparison is of real pictures
+
+
+def test_channels_last_matches_eager_nchw(edit_folders):
+    from joygen_core.edit.models import load_edit_models
+
+    unet_dir, vae_dir, _ = edit_folders
+    ref = load_edit_models(unet_dir, vae_dir)
+    fast = load_edit_models(unet_dir, vae_dir, channels_last=True)
+    assert fast.channels_last and "channels_last" in repr(fast)
+    w = fast.unet.conv_in.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    inputs = _edit_inputs()
+    got, want = _edit(fast, *inputs), _edit(ref, *inputs)
+    assert (got.int() - want.int()).abs().max() <= 1  # the same sums in another order: at most a rounding step
+    masked, reference, depth, audio = inputs
+    lat, lat0 = (editor.encode(m, editor.to_vae_input(depth)) for m in (fast, ref))
+    assert (lat - lat0).abs().max() < 1e-2 * lat0.abs().max()  # float32 rounding only
+
+
+def test_the_batch_step_makes_no_host_round_trip(edit_folders, monkeypatch):
+    """edit_batch leaves its result on the device: no .cpu() / .item() / .tolist() / .numpy() inside (each would
+    wait for the GPU in the middle of the batch loop)."""
+    from joygen_core.edit.models import load_edit_models
+
+    unet_dir, vae_dir, _ = edit_folders
+    models = load_edit_models(unet_dir, vae_dir)
+    inputs = _edit_inputs(2)
+
+    def sync(*a, **kw):
+        raise AssertionError("host synchronisation inside the batch step")
+
+    for name in ("cpu", "item", "tolist", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, sync)
+    faces = _edit(models, *inputs)
+    monkeypatch.undo()
+    assert faces.shape == (2, 256, 256, 3) and faces.dtype == torch.uint8

@@ -615,3 +615,34 @@ def test_pipelined_and_serial_engines_hand_the_encoder_the_same_frames(models, c
     got, want = read_frames(tmp_path / "pipelined.mp4"), read_frames(tmp_path / "serial.mp4")
     assert got.shape == want.shape == (54, *np.concatenate(a).shape[1:])
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # x264 itself may round a pixel differently
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_runs_end_to_end_close_to_float32(models, models_dir, clip_dir, half_second, tmp_path,
+                                                            monkeypatch, dtype):
+    """The GPU's dtypes through the whole job on the CPU: per-video latents and the edit in ``dtype``, the same
+    picture as float32 up to rounding."""
+    from dataclasses import replace
+
+    import joygen_core.video.io as video_io
+    from joygen_core.edit.models import load_edit_models
+
+    low = replace(models, edit=load_edit_models(models_dir / "joygen", models_dir / "sd-vae-ft-mse", "cpu", dtype))
+    encoded = {}
+    real_write = video_io.write_video
+
+    def keep_frames(path, frames, **kw):
+        chunks = [np.array(c) for c in frames]
+        encoded[Path(path).stem] = np.concatenate(chunks)
+        return real_write(path, iter(chunks), **kw)
+
+    monkeypatch.setattr(video_io, "write_video", keep_frames)
+    for name, m in (("f32", models), ("low", low)):
+        lip_sync(clip_dir / "face.mp4", half_second, tmp_path / f"{name}.mp4", m, _opts(use_depth=False),
+                 cache_root=tmp_path / name)
+    a, b = encoded["f32"].astype(int), encoded["low"].astype(int)
+    assert a.shape == b.shape == (12, 350, 350, 3)
+    diff = np.abs(a - b)
+    assert diff.mean() < 0.5 and np.quantile(diff, 0.999) <= 24, (diff.mean(), diff.max())
+    track = VideoCache(next((tmp_path / "f32").iterdir())).track()
+    assert diff.max() > 0 or not bool(track.detected.any())  # the edit really ran in another precision
