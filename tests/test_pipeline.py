@@ -646,3 +646,12 @@ def test_reduced_precision_runs_end_to_end_close_to_float32(models, models_dir, 
     assert diff.mean() < 0.5 and np.quantile(diff, 0.999) <= 24, (diff.mean(), diff.max())
     track = VideoCache(next((tmp_path / "f32").iterdir())).track()
     assert diff.max() > 0 or not bool(track.detected.any())  # the edit really ran in another precision
+
+
+def test_encoder_settings_reach_write_video():
+    import joygen_core.video.io as video_io
+    from joygen_core.pipeline import _write_video_kwargs
+
+    kw = _write_video_kwargs(video_io.write_video, LipSyncOptions(crf=23, preset="fast", encoder="libx264"))
+    assert kw == {"crf": 23, "preset": "fast", "encoder": "libx264"}
+    assert LipSyncOptions().preset == "medium" and LipSyncOptions().encoder == "auto" and LipSyncOptions().pipelined
