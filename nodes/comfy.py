@@ -220,13 +220,13 @@ class ComfyProgress(JobProgress):
         if preview is not None:
             self.last_image = preview
         if self._bar is not None:
+            self._show_text()  # first, so the stage named under the node is the one this progress message is about
             image = None
             if preview is not None:
                 from PIL import Image
 
                 image = ("JPEG", Image.fromarray(np.ascontiguousarray(preview)), _preview_size())
             self._bar.update_absolute(value, self.STEPS, image)
-            self._show_text()
         elif self._tqdm is not None:
             self._tqdm.n = value
             self._tqdm.set_postfix_str(self.line(), refresh=True)
