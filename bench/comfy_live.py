@@ -127,15 +127,15 @@ def make_media(folder: Path, frames: int) -> dict[str, str]:
     return names
 
 
-def prompt_for(video: str, audio: str, batch: int, prefix: str) -> dict:
-    graph = json.loads((ROOT / "workflows" / "api" / "joygen_all_in_one.json").read_text())
+def prompt_for(video: str, audio: str, batch: int, prefix: str, name: str = "joygen_all_in_one") -> dict:
+    graph = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
     for node in graph.values():
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "LoadVideo":
             inputs["file"] = video
         elif kind == "LoadAudio":
             inputs["audio"] = audio
-        elif kind == "JoyGenLipSync":
+        elif kind in ("JoyGenLipSync", "JoyGenEdit"):
             inputs["batch_size"] = batch
         elif kind == "SaveVideo":
             inputs["filename_prefix"] = prefix
@@ -158,6 +158,7 @@ class Run:
     ui_images: int = 0
     t_interrupt: float | None = None
     error: str = ""
+    per_node: dict[str, dict[str, int]] = field(default_factory=dict)  # node id -> progress / previews / shown
 
     def stage_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -181,6 +182,7 @@ async def run_prompt(url: str, prompt: dict, name: str, lipsync_id: str,
     cid = uuid.uuid4().hex
     run = Run(name)
     stage = ""
+    running = ""
     ws_url = url.replace("http://", "ws://") + f"/ws?clientId={cid}"
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
         async with http.post(f"{url}/prompt", json={"prompt": prompt, "client_id": cid}) as r:
@@ -196,6 +198,8 @@ async def run_prompt(url: str, prompt: dict, name: str, lipsync_id: str,
                 kind = int.from_bytes(msg.data[:4], "big")
                 if kind in PREVIEW_EVENTS:
                     run.previews.append((now, len(msg.data) - 8))
+                    run.per_node.setdefault(running, {}).setdefault("previews", 0)
+                    run.per_node[running]["previews"] += 1
                 elif kind == TEXT_EVENT:
                     n = int.from_bytes(msg.data[4:8], "big")
                     text = msg.data[8 + n:].decode("utf-8", "replace")
@@ -209,6 +213,7 @@ async def run_prompt(url: str, prompt: dict, name: str, lipsync_id: str,
             if d.get("prompt_id") not in (None, pid):
                 continue
             if kind == "executing":
+                running = str(d.get("node"))
                 if d.get("node") == lipsync_id:
                     run.t_node = now
                 elif run.t_node is not None and run.t_end is None and d.get("node") != lipsync_id:
@@ -216,7 +221,13 @@ async def run_prompt(url: str, prompt: dict, name: str, lipsync_id: str,
                 if d.get("node") is None:
                     run.outcome = run.outcome if run.outcome != "?" else "finished"
                     break
-            elif kind == "progress" and str(d.get("node")) == lipsync_id:
+            elif kind == "progress":
+                entry = run.per_node.setdefault(str(d.get("node")), {})
+                entry["progress"] = entry.get("progress", 0) + 1
+            if kind == "executed":
+                entry = run.per_node.setdefault(str(d.get("node")), {})
+                entry["shown"] = len((d.get("output") or {}).get("images", []))
+            if kind == "progress" and str(d.get("node")) == lipsync_id:
                 run.progress.append((now, d["value"], d["max"], stage))
                 if (interrupt_at and run.t_interrupt is None and stage == interrupt_at[0]
                         and sum(1 for *_, s in run.progress if s == stage) >= interrupt_at[1]):
@@ -326,6 +337,14 @@ def main() -> int:
                   else f"LEFT: {left}"),
                  ("1 cold: saved video", saved_video(out)),
                  ("1 cold: cache entries", str(len(cache_entries(cache))))]
+        composable = prompt_for(names["face"], names["speech"], args.batch, "joygen_live/composable",
+                                "joygen_composable")
+        comp = asyncio.run(run_prompt(args.url, composable, "composable", "-", None))
+        rows.append(("composable graph: outcome", comp.outcome + (f" ({comp.error})" if comp.error else "")))
+        for nid, stats in sorted(comp.per_node.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+            if nid in composable and stats:
+                rows.append((f"composable: {composable[nid]['_meta']['title']}",
+                             ", ".join(f"{k} {v}" for k, v in sorted(stats.items()))))
         edit_batches = [b - a for a, b in zip([t for t, *_, s in cold.progress if s == "editing"][:-1],
                                               [t for t, *_, s in cold.progress if s == "editing"][1:])]
         batch_s = float(np.median(edit_batches)) if edit_batches else None
