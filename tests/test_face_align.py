@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from joygen_core.face.align import LM3D_STD, align_params, crop_faces, crop_geometry, paste_back
+from joygen_core.face.align import (
+    LM3D_STD,
+    align_params,
+    crop_faces,
+    crop_geometry,
+    paste_back,
+    paste_back_window,
+)
 
 # the astronaut's five points (x, y): eyes, nose, mouth corners (close to MTCNN's)
 ASTRONAUT_FIVE = np.array([[183.7, 119.3], [242.2, 113.2], [217.7, 152.2], [195.1, 189.4], [241.1, 185.1]])
@@ -92,6 +99,26 @@ def test_paste_back_matches_pil_inverse():
         assert np.array_equal(out[i].numpy().astype(np.uint8), ref), f"map {i}"
     smooth = paste_back(maps / 255, al, (h, w))
     assert smooth.dtype == torch.float32 and (smooth.abs() > 0).any()
+
+
+def test_paste_back_window_is_the_full_paste_read_there():
+    """Windows anywhere (inside, across the frame's borders, off the frame) equal the exact full-frame paste."""
+    rng = np.random.default_rng(5)
+    h, w = 270, 400
+    fives = random_fives(12, rng, size=(w, h))
+    al = align_params(torch.tensor(fives), (h, w))
+    maps = torch.from_numpy(rng.integers(0, 256, (12, 224, 224)).astype(np.float64))
+    maps[:, :, :30] = 0  # background, as a normalised depth map has
+    full = paste_back(maps, al, (h, w), exact_uint8=True)
+    origin = torch.from_numpy(np.stack([rng.integers(-60, w, 12), rng.integers(-60, h, 12)], 1))
+    ny, nx = 90, 130
+    win = paste_back_window(maps, al, (h, w), origin, (ny, nx))
+    assert win.shape == (12, ny, nx)
+    pad = torch.nn.functional.pad(full, (200, 200, 200, 200))
+    for i, (x0, y0) in enumerate(origin.tolist()):
+        ref = pad[i, 200 + y0:200 + y0 + ny, 200 + x0:200 + x0 + nx]
+        assert torch.equal(win[i], ref.to(win.dtype)), f"window {i}"
+    assert paste_back_window(maps, al, (h, w), origin, (0, 5)).shape == (12, 0, 5)
 
 
 @pytest.mark.parametrize("scale", [0.4, 1.0, 2.5])

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from joygen_core.render.depth import MOUTH_OUTER_LIP, crop_box, mouth_depth_from_crops, normalise_depth
+from joygen_core.render.depth import (
+    MOUTH_OUTER_LIP,
+    crop_box,
+    mouth_depth_from_crops,
+    mouth_depth_from_maps,
+    normalise_depth,
+)
 from joygen_core.render.raster import rasterize_depth
 
 
@@ -92,6 +98,44 @@ def test_crop_box_pads_outside_the_frame():
     assert a[0].tolist() == [0, 8, 9, 10] and a[1].tolist() == [0, 12, 13, 14] and (a[2:] == 0).all()
     empty = crop_box(maps, torch.tensor([[3, 3, 1, 1]]))[0]
     assert empty.shape == (0, 0)
+
+
+def test_mouth_from_maps_equals_the_full_frame_route():
+    """The fast route (paste back over the lip polygon's rectangle only) gives the official route's bytes:
+    full-frame PIL paste back, box crop, polygon, Lanczos; rendered face depth, boxes across the frame's borders,
+    lips partly outside their box, an empty box and non-finite points included."""
+    from test_face_align import random_fives
+
+    from joygen_core.face.align import align_params, paste_back
+
+    rng = np.random.default_rng(7)
+    h, w, n = 360, 640, 10
+    fives = random_fives(n, rng, size=(w, h))
+    centre = rng.uniform((60, 60), (w - 60, h - 90), (n, 1, 2))
+    centre[:3] = [[[10, 150]], [[600, 200]], [[300, 350]]]  # faces across the left, right and bottom borders
+    fives = (fives - fives.mean(1, keepdims=True)) * 0.5 + centre
+    al = align_params(torch.tensor(fives), (h, w))
+    # a face-like depth: a rendered ellipsoid bump, normalised the official way
+    yy, xx = torch.meshgrid(torch.arange(224.0), torch.arange(224.0), indexing="ij")
+    r2 = ((xx - 112) / 80) ** 2 + ((yy - 120) / 100) ** 2
+    depth = torch.where(r2 < 1, 10 - 0.6 * (1 - r2).clamp(min=0).sqrt(), torch.zeros(()))
+    depth = depth[None] + 0.01 * torch.rand(n, 224, 224, generator=torch.Generator().manual_seed(0)) * (depth > 0)
+    norm = normalise_depth(depth, depth > 0)
+    centre = torch.from_numpy(fives.mean(1))
+    half = torch.from_numpy(np.abs(fives[:, 0] - fives[:, 1]).max(1) * 1.6 + 8)
+    box = torch.stack([centre[:, 0] - half, centre[:, 1] - half, centre[:, 0] + half, centre[:, 1] + half],
+                      1).long()
+    box[3] = torch.tensor([50, 40, 50, 90])  # empty box
+    side = (box[:, 2:] - box[:, :2]).double()
+    ring = lip_ring(0.5, 0.72, 0.22, 0.1).double()
+    lips = ring[None] * side[:, None] + torch.from_numpy(rng.normal(0, 2, (n, 20, 2)))
+    lips[5] += torch.tensor([side[5, 0] * 0.35, 0.0])  # lips partly outside the box
+    lips[6, 3] = float("nan")
+    ours = mouth_depth_from_maps(norm, al, box, lips, (h, w))
+    ref = mouth_depth_from_crops(crop_box(paste_back(norm.double(), al, (h, w), exact_uint8=True), box), lips)
+    assert ours.shape == (n, 256, 256)
+    assert torch.equal(ours, ref)
+    assert (ref.flatten(1).amax(1) > 0).sum() >= n - 3  # most frames have a mouth to compare
 
 
 def test_progress_reports_each_batch_with_a_depth_preview():

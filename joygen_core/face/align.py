@@ -189,3 +189,41 @@ def paste_back(maps: torch.Tensor, align: torch.Tensor, frame_size: tuple[int, i
     pad[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]] = res.to(maps.dtype)
     out = pad[:, :h, :w].contiguous()
     return out
+
+
+def paste_back_window(maps: torch.Tensor, align: torch.Tensor, frame_size: tuple[int, int], origin: torch.Tensor,
+                      size: tuple[int, int]) -> torch.Tensor:
+    """Windows of the exact (uint8) paste back: ``paste_back(maps, .., exact_uint8=True)`` read at frame pixels
+    ``[y0, y0+ny) x [x0, x0+nx)`` per frame -> float64 [B,ny,nx] (integer values 0..255; 0 outside the frame).
+
+    ``origin`` [B,2] (x0, y0) frame pixels, ``size`` (ny, nx). Only the window's taps are built and summed, so
+    the cost follows the window, not the frame; each window pixel equals the full paste's to the bit (the
+    fixed-point sums are exact integers in float64, whatever order they are added in).
+    """
+    if maps.ndim != 3 or tuple(maps.shape[1:]) != (CROP, CROP):
+        raise ValueError(f"paste_back_window wants maps [B,224,224]; got {tuple(maps.shape)}")
+    h, w = int(frame_size[0]), int(frame_size[1])
+    b = maps.shape[0]
+    ny, nx = max(int(size[0]), 0), max(int(size[1]), 0)
+    dev = maps.device
+    if b == 0 or ny == 0 or nx == 0:
+        return torch.zeros(b, ny, nx, dtype=torch.float64, device=dev)
+    org = torch.as_tensor(origin).to("cpu", torch.long).reshape(b, 2)
+    ws, hs, left, up = crop_geometry(align, (h, w))
+
+    def matrix(in_size, out_size, start, offset, n):
+        # taps of output pixels start .. start+n-1 (outside [0, out_size): weight 0), kept where they read the map
+        src, k = pil_taps(in_size, torch.tensor(float(out_size)), start[:, None] + torch.arange(n), "bicubic", True)
+        rel = src - offset[:, None, None]
+        k = k * ((rel >= 0) & (rel < CROP))
+        return torch.zeros(b, n, CROP, dtype=torch.float64).scatter_add_(2, rel.clamp(0, CROP - 1), k)
+
+    mx = matrix(ws, w, org[:, 0], left, nx)  # [B,nx,224]
+    my = matrix(hs, h, org[:, 1], up, ny)  # [B,ny,224]
+    # the vertical pass reads only some rows of the horizontal one: compute those alone
+    rows = my.abs().sum((0, 1)).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return torch.zeros(b, ny, nx, dtype=torch.float64, device=dev)
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    tmp = clip8(maps[:, r0:r1].to(torch.float64) @ mx.transpose(1, 2).to(dev))  # horizontal pass [B,r,nx]
+    return clip8(my[:, :, r0:r1].to(dev) @ tmp)  # vertical pass [B,ny,nx]

@@ -93,6 +93,51 @@ def mouth_depth_from_crops(crops: list[np.ndarray], lips: torch.Tensor, size: in
     return torch.from_numpy(out).float()
 
 
+def mouth_depth_from_maps(norm: torch.Tensor, align: torch.Tensor, box: torch.Tensor, lips: torch.Tensor,
+                          frame_size: tuple[int, int], size: int = MOUTH_SIZE) -> torch.Tensor:
+    """Mouth-only depth [B,size,size] straight from normalised 224 maps: the same values as
+    ``mouth_depth_from_crops(crop_box(paste_back(norm, align, frame_size, exact_uint8=True), box), lips)``.
+
+    The lip polygon is filled first; the frame-size paste back is then computed only over the polygon's bounding
+    rectangle (the product with the polygon is zero elsewhere), so the cost follows the mouth, not the frame.
+    """
+    import cv2
+
+    from ..face.align import paste_back_window
+
+    b = norm.shape[0]
+    out = np.zeros((b, size, size), np.uint8)
+    boxes = box.detach().cpu().long().tolist()
+    pts_all = lips.detach().cpu().to(torch.float64).numpy()
+    masks, rects = [], torch.zeros(b, 4, dtype=torch.long)  # rect: x, y, w, h of the filled pixels in the box
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        w, h = max(int(x2) - int(x1), 0), max(int(y2) - int(y1), 0)
+        if w == 0 or h == 0 or not np.isfinite(pts_all[i]).all():
+            masks.append(None)
+            continue
+        pts = np.clip(pts_all[i], -(2**30), 2**30).astype(np.int32)  # official: np.array(lm, np.int32)
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [pts], 1)
+        masks.append(mask)
+        rects[i] = torch.tensor(cv2.boundingRect(mask))
+    if not bool((rects[:, 2] > 0).any()):
+        return torch.from_numpy(out).float()
+    origin = torch.as_tensor(boxes, dtype=torch.long)[:, :2] + rects[:, :2]
+    win = paste_back_window(norm.detach().cpu(), align, frame_size, origin,
+                            (int(rects[:, 3].max()), int(rects[:, 2].max())))
+    win = win.round().clamp_(0, 255).to(torch.uint8).numpy()
+    for i, mask in enumerate(masks):
+        rx, ry, rw, rh = rects[i].tolist()
+        if mask is None or rw == 0:
+            continue
+        crop = np.zeros_like(mask)
+        crop[ry:ry + rh, rx:rx + rw] = win[i, :rh, :rw]
+        m = cv2.resize(crop * mask, (size, size), interpolation=cv2.INTER_LANCZOS4)
+        m[: size // 2] = 0
+        out[i] = m
+    return torch.from_numpy(out).float()
+
+
 def render_mouth_depth(track, exp: torch.Tensor | None, bfm, backend: str = "auto", *, batch_size: int = 32,
                        device: torch.device | str | None = None, preview: bool = True,
                        progress: Callable[..., None] | None = None
@@ -131,12 +176,12 @@ def render_mouth_depth(track, exp: torch.Tensor | None, bfm, backend: str = "aut
         depth, covered = rasterize_depth(v_cam.to(dev, torch.float32), tri, RENDER_SIZE, backend)
         norm = normalise_depth(depth, covered).cpu()
         align = track.align[idx]
-        frame_maps = paste_back(norm.double(), align, (H, W), exact_uint8=True)  # official PIL bicubic, uint8
         box = track.box[idx].long()
         lm = crop_to_frame(landmarks468(bfm, v_cam), align, (H, W))[:, lip_idx].cpu()
         lips = lm.double() - box[:, None, :2].double()  # official: lm468 / s - box corner, then int32
-        mouth[idx] = mouth_depth_from_crops(crop_box(frame_maps, box), lips) / 255.0
+        mouth[idx] = mouth_depth_from_maps(norm, align, box, lips, (H, W)) / 255.0
         if face is not None:
+            frame_maps = paste_back(norm.double(), align, (H, W), exact_uint8=True)  # official PIL bicubic, uint8
             face[idx] = frame_maps.float().round().clamp(0, 255) / 255.0
         if progress is not None:
             j = int(idx[-1])
