@@ -14,6 +14,8 @@ from PIL import Image
 
 from joygen_core.edit.blend import (
     _blur_regions,
+    _detected,
+    _paste_batched,
     _resize_faces_cv2,
     blend_masks,
     blend_regions,
@@ -235,6 +237,36 @@ def test_faces_as_box_sized_list_or_tensor(face_frames):
         paste_faces(frames, [listed[1], listed[0]], boxes, masks)
     with pytest.raises(ValueError, match="masks must be"):
         paste_faces(frames, faces, boxes, masks[:, :100])
+
+
+def test_cpu_paste_on_views_equals_the_batched_windows(face_frames):
+    """The CPU path (box views, uint16) and the any-device path (gathered windows, int32) give the same bytes:
+    boxes across every border and off the frame, an empty box, an undetected frame, float and uint8 masks,
+    faces resized or listed; and ``out=frames`` pastes in place."""
+    n, h, w = 7, 180, 240
+    frames = torch.from_numpy(np.ascontiguousarray(face_frames[np.arange(n) % len(face_frames), :h, :w]))
+    boxes = torch.tensor([[40, 25, 130, 125], [-30, 10, 60, 110], [170, 100, 270, 210], [20, -40, 120, 50],
+                          [90, 60, 90, 140], [300, 20, 360, 80], [60, 30, 181, 170]])
+    detected = torch.tensor([True, True, True, True, True, True, False])
+    rng = np.random.default_rng(3)
+    soft = cv2.GaussianBlur(rng.random((n * h, w)).astype(np.float32), (21, 21), 0).reshape(n, h, w)
+    masks = torch.from_numpy(np.clip((soft - 0.45) * 8, 0, 1))
+    faces = smooth_faces(n, seed=2)
+    bh, bw = (boxes[:, 3] - boxes[:, 1]).tolist(), (boxes[:, 2] - boxes[:, 0]).tolist()
+    listed = [cv2.resize(faces[i].numpy(), (max(bw[i], 1), max(bh[i], 1)))[:bh[i], :bw[i]] for i in range(n)]
+    todo = _detected(detected, boxes).nonzero().squeeze(1)
+    for m in (masks, (masks * 255).round().to(torch.uint8)):
+        for f in (faces, listed):
+            ours = paste_faces(frames, f, boxes, m, detected, batch_size=3)
+            ref = frames.clone()
+            _paste_batched(ref, frames, f, boxes, m, todo, not isinstance(f, torch.Tensor), 3)
+            assert torch.equal(ours, ref)
+            assert (ours != frames).any()
+            inplace = frames.clone()
+            assert paste_faces(inplace, f, boxes, m, detected, out=inplace) is inplace
+            assert torch.equal(inplace, ref)
+    with pytest.raises(ValueError, match="out must be"):
+        paste_faces(frames, faces, boxes, masks, out=frames[:, :10])
 
 
 # ------------------------------------------------------------------ landmark mask
