@@ -133,7 +133,11 @@ async def check(url: str, browser: str, folder: Path, shots: Path | None = None)
                         "    app.graph.getNodeById(l[3]).getInputPos(l[4])]),"
                         "   extra: {reroutes: g.extra.reroutes, linkExtensions: g.extra.linkExtensions,"
                         "    ds: {scale: app.canvas.ds.scale, offset: Array.from(app.canvas.ds.offset)}}}}; })()")
-                    await asyncio.sleep(2)
+                    await asyncio.sleep(3)
+                    # the sizes once media previews have loaded (Load Video grows to its video's aspect ratio)
+                    got["graph"]["nodes"] = await page.eval(
+                        "app.graph.nodes.map(n => ({id: n.id, type: n.type, title: n.title, pos: Array.from(n.pos),"
+                        " size: Array.from(n.size), flags: n.flags}))")
                     if shots is not None:
                         shots.mkdir(parents=True, exist_ok=True)
                         shot = await page.call("Page.captureScreenshot", format="png")

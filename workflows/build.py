@@ -88,6 +88,8 @@ def _loader(nid: int, node_type: str, pos: tuple[float, float]) -> N:
 WIDTH, GAP = 280, 120
 COLUMN_X = [i * (WIDTH + GAP) for i in range(12)]
 GROUP_PAD, GROUP_TITLE = 16, 44  # around the members; the group's title bar above them
+# Load Video grows to show its video at the node's width (a 9:16 phone video: 572 high at 280 wide); room for that
+VIDEO_HEIGHT = 580
 
 
 def gap(column: int, y: float, dx: float = 0) -> tuple[float, float]:
@@ -103,16 +105,17 @@ def composable(audio_only: bool = False) -> Spec:
     below them; long wires run in lanes above the top row and between the rows.
     """
     e = 5 if audio_only else 7  # the edit column: after the mouth depth
-    loaders = [_loader(4, "JoyGenLoad3DMMModels", (0, 800))]
+    A, M = VIDEO_HEIGHT + 70, VIDEO_HEIGHT + 500  # Load Audio's y; the loaders' y
+    loaders = [_loader(4, "JoyGenLoad3DMMModels", (0, M))]
     if not audio_only:
-        loaders.append(_loader(5, "JoyGenLoadAudio2Motion", (0, 1050)))
-    loaders += [_loader(6, "JoyGenLoadWhisper", (1, 800)), _loader(7, "JoyGenLoadEditModels", (1, 970)),
-                _loader(8, "JoyGenLoadFaceParser", (1, 1190))]
+        loaders.append(_loader(5, "JoyGenLoadAudio2Motion", (0, M + 250)))
+    loaders += [_loader(6, "JoyGenLoadWhisper", (1, M)), _loader(7, "JoyGenLoadEditModels", (1, M + 170)),
+                _loader(8, "JoyGenLoadFaceParser", (1, M + 390))]
     B = 360  # the speech row (the lanes from the loaders to the edit run above it)
     feats_y = B + 300 if not audio_only else B
     nodes = [
-        N(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}, "Load Video (face to edit)"),
-        N(2, "LoadAudio", (0, 380), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
+        N(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}, "Load Video (face to edit)", height=VIDEO_HEIGHT),
+        N(2, "LoadAudio", (0, A), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
         N(3, "GetVideoComponents", (1, 0)),
         *loaders,
         N(9, "JoyGen3DMMReconstruct", (2, 0), {"face_policy": "largest", "smooth": False}),
@@ -137,7 +140,7 @@ def composable(audio_only: bool = False) -> Spec:
     ]
     top_fps, top_audio, top_images = -60, -90, -120  # lanes above the top row
     fps_lane = [gap(1, 54, -12), gap(1, top_fps, -12)]
-    audio_lane = [gap(0, 394), gap(0, top_audio)]
+    audio_lane = [gap(0, A + 14), gap(0, top_audio)]
     routes = {
         (3, "fps", 10, "fps"): fps_lane + [gap(2, top_fps)],
         (3, "fps", 12, "fps"): fps_lane + [gap(3, top_fps, -20)],
@@ -146,11 +149,12 @@ def composable(audio_only: bool = False) -> Spec:
         (2, "AUDIO", 12, "audio"): audio_lane + [gap(3, top_audio, -8)],
         (2, "AUDIO", 15, "audio"): audio_lane + [gap(e, top_audio, 12)],
         (3, "images", 10, "images"): [gap(1, 14, 12), gap(1, top_images, 12), gap(2, top_images, -12)],
-        (4, "recon_models", 9, "recon_models"): [gap(0, 814, 20), gap(0, 560, 20), gap(1, 560, 20), gap(1, 34, 20)],
-        (6, "whisper", 12, "whisper"): [gap(1, 814), gap(1, feats_y + 14), gap(3, feats_y + 14, 30)],
-        (7, "edit_models", 14, "edit_models"): [gap(1, 984, -20), gap(1, 250, -20), gap(e - 1, 250, 20),
+        (4, "recon_models", 9, "recon_models"): [gap(0, M + 14, 20), gap(0, 560, 20), gap(1, 560, 20),
+                                                  gap(1, 34, 20)],
+        (6, "whisper", 12, "whisper"): [gap(1, M + 14), gap(1, feats_y + 14), gap(3, feats_y + 14, 30)],
+        (7, "edit_models", 14, "edit_models"): [gap(1, M + 184, -20), gap(1, 250, -20), gap(e - 1, 250, 20),
                                                 gap(e - 1, 54, 20)],
-        (8, "face_parser", 14, "face_parser"): [gap(1, 1204, -30), gap(1, 266, -30), gap(e - 1, 266, 30),
+        (8, "face_parser", 14, "face_parser"): [gap(1, M + 404, -30), gap(1, 266, -30), gap(e - 1, 266, 30),
                                                 gap(e - 1, 114, 30)],
         (12, "audio_features", 14, "audio_features"): [gap(4, feats_y + 14, -30), gap(4, 74, -30)],
     }
@@ -178,11 +182,11 @@ def composable(audio_only: bool = False) -> Spec:
             (18, "motion", 19, "motion"), (11, "motion", 19, "motion_b"), (10, "face_track", 19, "face_track"),
             (4, "recon_models", 19, "recon_models"), (19, "plot", 20, "images"),
         ]
-        recon_lane = [gap(0, 814, 20), gap(0, 560, 20), gap(1, 560, 20), gap(1, 880, 40), gap(5, 880, -20)]
+        recon_lane = [gap(0, M + 14, 20), gap(0, 560, 20), gap(1, 560, 20), gap(1, 880, 40), gap(5, 880, -20)]
         routes.update({
             (3, "fps", 11, "fps"): fps_lane + [gap(3, top_fps, -20)],
             (2, "AUDIO", 11, "audio"): audio_lane + [gap(3, top_audio, -8)],
-            (5, "audio2motion", 11, "audio2motion"): [gap(0, 1064, 30), gap(0, 600, 30), gap(3, 600, 10),
+            (5, "audio2motion", 11, "audio2motion"): [gap(0, M + 264, 30), gap(0, 600, 30), gap(3, 600, 10),
                                                       gap(3, B + 14, 10)],
             (10, "face_track", 13, "face_track"): [gap(5, 34, 20)],
             (10, "face_track", 19, "face_track"): [gap(5, 34, 20)],
@@ -203,7 +207,7 @@ def composable(audio_only: bool = False) -> Spec:
                 "the defaults change nothing) -> mouth depth; Whisper audio features; one UNet step per frame, "
                 "blended back; Create Video with the driving speech. Plot Motion shows the mouth opening over "
                 "time: adjusted (blue), as predicted (orange), the video's own mouth (green).\n\n" + _COMMON_NOTE)
-    nodes.append(N(99, "MarkdownNote", (0, 1340), {"text": note}, "Read me", width=WIDTH * 2 + GAP))
+    nodes.append(N(99, "MarkdownNote", (0, M + (500 if not audio_only else 250)), {"text": note}, "Read me"))
     return Spec(name, note, sorted(nodes, key=lambda n: n.id), links, groups, routes)
 
 
@@ -213,13 +217,15 @@ def video_driven() -> Spec:
     row, the driver's below them; long wires run in lanes above the top row and between the rows."""
     B = 380  # the driver's row
     feats_y = B + 330
-    loaders = [_loader(4, "JoyGenLoad3DMMModels", (0, 820)), _loader(6, "JoyGenLoadWhisper", (1, 820)),
-               _loader(7, "JoyGenLoadEditModels", (1, 990)), _loader(8, "JoyGenLoadFaceParser", (1, 1210))]
+    D, M = VIDEO_HEIGHT + 70, 2 * VIDEO_HEIGHT + 200  # the driver video's y; the loaders' y
+    loaders = [_loader(4, "JoyGenLoad3DMMModels", (0, M)), _loader(6, "JoyGenLoadWhisper", (1, M)),
+               _loader(7, "JoyGenLoadEditModels", (1, M + 170)), _loader(8, "JoyGenLoadFaceParser", (1, M + 390))]
     nodes = [
-        N(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}, "Load Video (face to edit)"),
-        N(2, "LoadVideo", (0, B), {"file": DRIVER_FILE}, "Load Video (driver: mouth and speech)"),
+        N(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}, "Load Video (face to edit)", height=VIDEO_HEIGHT),
+        N(2, "LoadVideo", (0, D), {"file": DRIVER_FILE}, "Load Video (driver: mouth and speech)",
+          height=VIDEO_HEIGHT),
         N(3, "GetVideoComponents", (1, 0), title="Get Video Components (face to edit)"),
-        N(21, "GetVideoComponents", (1, B), title="Get Video Components (driver)"),
+        N(21, "GetVideoComponents", (1, D), title="Get Video Components (driver)"),
         *loaders,
         N(9, "JoyGen3DMMReconstruct", (2, 0), {"face_policy": "largest", "smooth": False}),
         N(10, "JoyGenFitLength", (3, 0), {"mode": "pingpong"}),
@@ -257,8 +263,8 @@ def video_driven() -> Spec:
     ]
     top_fps, top_audio, top_images = -60, -90, -120
     fps_lane = [gap(1, 54, -12), gap(1, top_fps, -12)]
-    audio_lane = [gap(1, B + 34, 12), gap(1, top_audio, 12)]
-    recon_lane = [gap(0, 834, 20), gap(0, 580, 20), gap(1, 580, -30), gap(1, 900, -30), gap(4, 900, -20)]
+    audio_lane = [gap(1, D + 34, 12), gap(1, top_audio, 12)]
+    recon_lane = [gap(0, M + 14, 20), gap(0, 580, 20), gap(1, 580, -30), gap(1, 900, -30), gap(4, 900, -20)]
     routes = {
         (4, "recon_models", 9, "recon_models"): recon_lane[:3] + [gap(1, 34, -30)],
         (4, "recon_models", 22, "recon_models"): recon_lane[:3] + [gap(1, B + 34, -30)],
@@ -272,10 +278,10 @@ def video_driven() -> Spec:
         (21, "audio", 10, "audio"): audio_lane + [gap(2, top_audio, 12)],
         (21, "audio", 12, "audio"): audio_lane + [gap(2, top_audio, 12), gap(2, feats_y + 34, 12)],
         (21, "audio", 15, "audio"): audio_lane + [gap(6, top_audio, 12)],
-        (6, "whisper", 12, "whisper"): [gap(1, 834), gap(1, feats_y + 14), gap(3, feats_y + 14, 30)],
-        (7, "edit_models", 14, "edit_models"): [gap(1, 1004, -20), gap(1, 270, -20), gap(5, 270, 20),
+        (6, "whisper", 12, "whisper"): [gap(1, M + 14), gap(1, feats_y + 14), gap(3, feats_y + 14, 30)],
+        (7, "edit_models", 14, "edit_models"): [gap(1, M + 184, -20), gap(1, 270, -20), gap(5, 270, 20),
                                                 gap(5, 54, 20)],
-        (8, "face_parser", 14, "face_parser"): [gap(1, 1224, -40), gap(1, 286, -40), gap(5, 286, 30),
+        (8, "face_parser", 14, "face_parser"): [gap(1, M + 404, -40), gap(1, 286, -40), gap(5, 286, 30),
                                                 gap(5, 114, 30)],
         (12, "audio_features", 14, "audio_features"): [gap(4, feats_y + 14, -30), gap(4, 74, -30)],
         (10, "face_track", 13, "face_track"): [gap(4, 34, 20)],
@@ -297,7 +303,7 @@ def video_driven() -> Spec:
             f"Replace `{VIDEO_FILE}` (a video with one visible face, to edit) and `{DRIVER_FILE}` (someone speaking, "
             "with sound) with your own files. The loaders default to the official `pretrained_models` bundle in "
             "`ComfyUI/models/joygen/`; see the pack's README.")
-    nodes.append(N(99, "MarkdownNote", (0, 1360), {"text": note}, "Read me", width=WIDTH * 2 + GAP))
+    nodes.append(N(99, "MarkdownNote", (0, M + 250), {"text": note}, "Read me"))
     return Spec("joygen_video_driven", note, sorted(nodes, key=lambda n: n.id), links, groups, routes)
 
 
@@ -309,8 +315,8 @@ def all_in_one() -> Spec:
         _loader(5, "JoyGenLoadEditModels", (0, 400)),
         _loader(6, "JoyGenLoadAudio2Motion", (0, 620)),
         _loader(7, "JoyGenLoadFaceParser", (0, 810)),
-        N(1, "LoadVideo", (1, 250), {"file": VIDEO_FILE}, "Load Video (face to edit)"),
-        N(2, "LoadAudio", (1, 630), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
+        N(1, "LoadVideo", (1, 200), {"file": VIDEO_FILE}, "Load Video (face to edit)", height=VIDEO_HEIGHT),
+        N(2, "LoadAudio", (1, 250 + VIDEO_HEIGHT), {"audio": AUDIO_FILE}, "Load Audio (driving speech)"),
         N(8, "JoyGenLipSync", (2, 0), {"length_mode": "pingpong", "blend": "parsing", "seed": 0}),
         N(9, "SaveVideo", (3, 0), {"filename_prefix": "joygen/lipsync", "format": "auto", "codec": "auto"},
           width=300),
@@ -321,9 +327,11 @@ def all_in_one() -> Spec:
         (7, "face_parser", 8, "face_parser"), (8, "video", 9, "video"),
     ]
     # the loaders' wires climb the gap between the loaders and the inputs, then run above Load Video
-    routes = {(nid, out, 8, inp): [gap(0, y + 14), gap(0, lane), gap(1, lane)] for nid, out, inp, y, lane in (
-        (4, "whisper", "whisper", 240, 100), (5, "edit_models", "edit_models", 400, 120),
-        (6, "audio2motion", "audio2motion", 620, 140), (7, "face_parser", "face_parser", 810, 160))}
+    routes = {(nid, out, 8, inp): [gap(0, y + 14, dx), gap(0, lane, dx), gap(1, lane)]
+              for nid, out, inp, y, lane, dx in ((4, "whisper", "whisper", 240, 66, -24),
+                                                 (5, "edit_models", "edit_models", 400, 80, -8),
+                                                 (6, "audio2motion", "audio2motion", 620, 94, 8),
+                                                 (7, "face_parser", "face_parser", 810, 108, 24))}
     note = ("**JoyGen lip sync, all in one**: the whole job in one node, streamed from the video file in "
             "chunks with a per-video cache (new audio for the same video skips the face track). Unplug "
             "audio2motion for audio-only editing.\n\n" + _COMMON_NOTE)
