@@ -82,3 +82,12 @@ def test_edit_node_matches_the_library(pack, setup):
     assert torch.equal((out * 255).round().to(torch.uint8), lib)
     with pytest.raises(ValueError, match="Connect mouth_depth"):
         JoyGenEdit().edit(uint8_to_image(frames), track, edit, audio)
+
+
+def test_progress_each_batch_with_the_latest_edited_frame(setup):
+    frames, track, edit, parser, audio, depth = setup
+    calls = []
+    out = editor.edit_frames(edit, frames, track, audio, depth, blend="box", batch_size=2,
+                             progress=lambda d, t, preview=None: calls.append((d, t, preview())))
+    assert [c[:2] for c in calls] == [(2, 3), (3, 3)]  # 3 faces (frame 2 has none) in batches of 2
+    assert torch.equal(torch.from_numpy(calls[0][2]), out[1]) and torch.equal(torch.from_numpy(calls[1][2]), out[3])

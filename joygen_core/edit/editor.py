@@ -228,13 +228,14 @@ def edit_chunk(models: EditModels, frames: torch.Tensor, boxes: torch.Tensor, ma
 def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features: torch.Tensor,
                 mouth_depth: torch.Tensor | None = None, *, parser=None, blend: str = "parsing",
                 blend_mask: torch.Tensor | None = None, reference_frame: int = -1, batch_size: int = 8,
-                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                progress: Callable[..., None] | None = None) -> torch.Tensor:
     """Edit uint8 frames [T,H,W,3] so the mouth follows the audio -> uint8 frames [T,H,W,3].
 
     ``track``: the FaceTrack of these frames; ``audio_features`` [T,50,384]; ``mouth_depth`` [T,256,256]
     (None: audio-only editing with the black depth map). ``reference_frame`` -1 uses each frame as its own
     reference (official), else that frame's crop for all. ``blend_mask`` [T,H,W] overrides ``blend``.
-    Frames without a face are returned unchanged.
+    Frames without a face are returned unchanged. ``progress(done, total, preview=...)`` after each batch of
+    faces; the preview builds the latest edited frame.
     """
     T = frames.shape[0]
     if len(track) != T or audio_features.shape[0] != T:
@@ -253,7 +254,7 @@ def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features:
         crop = face_crops(frames[reference_frame:reference_frame + 1], track.box[reference_frame:reference_frame + 1])
         ref_lat = encode(models, to_vae_input(crop))
     black = black_depth_latent(models) if mouth_depth is None else None
-    step = max(batch_size, 1) * 4
+    step = max(batch_size, 1)  # one UNet batch per report: progress and interrupts at batch granularity
     for k in range(0, todo.numel(), step):
         idx = todo[k:k + step]
         f, boxes = frames[idx], track.box[idx]
@@ -266,5 +267,6 @@ def edit_frames(models: EditModels, frames: torch.Tensor, track, audio_features:
                  else blend_masks_for(f, boxes, track.lm68[idx], blend, parser))
         out[idx] = edit_chunk(models, f, boxes, masked, ref, depth, audio_features[idx], masks, batch_size)
         if progress is not None:
-            progress(min(k + step, todo.numel()), todo.numel())
+            j = int(idx[-1])
+            progress(min(k + step, todo.numel()), todo.numel(), preview=lambda j=j: out[j].numpy())
     return out
