@@ -262,9 +262,14 @@ class VideoCache:
 
     @staticmethod
     def key(video: Path, options: Any, models: Any) -> str:
-        """The entry's name: the video's content, ``options.video_key()``, ``models.identity()``, the chunk size."""
+        """The entry's name: the video's content, ``options.video_key()``, ``models.identity()``, the chunk size and
+        the edit models' compute dtype (the cached latents are the VAE's: a float16 / bfloat16 run keeps its own).
+
+        Layout options (channels_last, torch.compile) leave the latents as they are and are not part of it."""
+        edit = getattr(models, "edit", None)
         parts = {"video": video_digest(video), "settings": options.video_key(), "models": models.identity(),
-                 "chunk": options.chunk_frames, "format": CACHE_FORMAT}
+                 "chunk": options.chunk_frames, "format": CACHE_FORMAT,
+                 "edit_dtype": str(getattr(edit, "dtype", None)).removeprefix("torch.")}
         return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
     def partial_folder(self) -> Path:

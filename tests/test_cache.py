@@ -261,3 +261,24 @@ def test_folder_problem_finds_a_full_disk_with_its_probe_write(tmp_path):
     assert "cannot write in" in first and "too large" in first.lower()
     assert second == "None"  # without the probe write an empty file fits: the probe is what finds it
     assert list(tmp_path.iterdir()) == []
+
+
+def test_key_follows_the_edit_dtype_not_the_layout(tmp_path):
+    """A float16 / bfloat16 run does not reuse a float32 run's cached latents; channels_last does not matter."""
+    import torch
+
+    from joygen_core.pipeline import LipSyncOptions
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not really a video, but a content to hash")
+
+    def models(dtype, channels_last=False):
+        edit = SimpleNamespace(dtype=dtype, channels_last=channels_last)
+        return SimpleNamespace(edit=edit, identity=lambda: "same files")
+
+    opts = LipSyncOptions()
+    f32 = VideoCache.key(video, opts, models(torch.float32))
+    assert VideoCache.key(video, opts, models(torch.float32)) == f32
+    assert VideoCache.key(video, opts, models(torch.float32, channels_last=True)) == f32
+    keys = {VideoCache.key(video, opts, models(d)) for d in (torch.float32, torch.float16, torch.bfloat16)}
+    assert len(keys) == 3
