@@ -171,3 +171,16 @@ def test_audio_with_no_finite_sample_is_refused_naming_the_file(tmp_path):
         write_video(tmp_path / "o.mp4", iter([np.zeros((2, 16, 16, 3), np.uint8)]), 25,
                     AudioClip(torch.from_numpy(raw), 16000))
     assert not any(tmp_path.glob("*.mp4")) and not any(tmp_path.glob(".*"))
+
+
+def test_audio_to_motion_reports_every_hubert_chunk_and_its_end(models_dir):
+    """1 s of audio is one short HuBERT chunk: it is reported, then the pitch + flow step ends the stage."""
+    from factory import audio as factory_audio
+    from joygen_core.audio.hubert import load_hubert
+    from joygen_core.motion.a2m import audio_to_motion, load_a2m
+
+    calls = []
+    wav = 0.3 * torch.randn(16000, generator=torch.Generator().manual_seed(0))
+    audio_to_motion(load_a2m(models_dir / factory_audio.A2M_CKPT), load_hubert(models_dir / factory_audio.HUBERT_DIR),
+                    wav, 25.0, 10, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]

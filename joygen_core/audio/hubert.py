@@ -93,6 +93,7 @@ def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress
     total = sum((c.shape[0] - KERNEL) // STRIDE + 1 for c in same + odd)
     feats = torch.empty((max(total, rows), dim))  # written in place: long audio holds one copy
     pos = done = 0
+    chunks = len(same) + len(odd)
     for i in range(0, len(same), max(int(batch_size), 1)):
         batch = torch.stack(same[i: i + batch_size]).to(device=p.device, dtype=p.dtype)
         out = model(batch).last_hidden_state
@@ -100,11 +101,14 @@ def hubert_features(model, audio16k: torch.Tensor, batch_size: int = 4, progress
         pos += out.shape[0] * out.shape[1]
         done += batch.shape[0]
         if progress is not None:
-            progress(done, n_full + 1)
+            progress(done, chunks)
     for c in odd:
         out = model(c[None].to(device=p.device, dtype=p.dtype)).last_hidden_state[0]
         feats[pos: pos + out.shape[0]] = out.float().cpu()
         pos += out.shape[0]
+        done += 1
+        if progress is not None:
+            progress(done, chunks)
     if pos < expected:  # cannot happen with the official chunking; hold the last frame to be safe
         feats[pos:expected] = feats[pos - 1] if pos else 0.0
     feats[expected:rows] = 0.0

@@ -434,9 +434,18 @@ def audio_to_motion(model: A2MModel, hubert, audio16k: torch.Tensor, fps: float,
         first, mean = audio16k[0], audio16k.mean(0)
     else:
         first = mean = audio16k.reshape(-1)
-    feats = hubert_features(hubert, first, batch_size=hubert_batch_size, progress=progress, pad_to=8)
+    steps = [1]  # HuBERT's chunks, then one step for pitch + flow: the last report is (steps, steps)
+    hubert_progress = None
+    if progress is not None:
+        def hubert_progress(done: int, total: int) -> None:
+            steps[0] = total + 1
+            progress(done, total + 1)
+
+    feats = hubert_features(hubert, first, batch_size=hubert_batch_size, progress=hubert_progress, pad_to=8)
     f0 = fit_to(pitch_contour(mean), feats.shape[0]) if isinstance(model, PitchContourVAEModel) else None
     exp25 = predict_expressions(model, feats, f0, seed=seed, temperature=temperature, mouth_amp=mouth_amp)
+    if progress is not None:
+        progress(steps[0], steps[0])
     exp = resample_motion(exp25, float(fps), int(num_frames))
     meta = {"seed": int(seed), "temperature": float(temperature), "mouth_amp": float(mouth_amp),
             "frames_25fps": int(exp25.shape[0]), "audio_seconds": first.shape[0] / 16000.0}
