@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,8 @@ def _check_faces(found: torch.Tensor) -> None:
 
 
 def score_crops(model: Any, faces: torch.Tensor, found: torch.Tensor, samples: torch.Tensor, *,
-                vshift: int = 15, batch_size: int = 20, device: torch.device | str | None = None) -> SyncReport:
+                vshift: int = 15, batch_size: int = 20, device: torch.device | str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> SyncReport:
     """Scores of SyncNet face crops [T,224,224,3] uint8 at 25 fps and their 16 kHz int16-scale audio [S].
 
     Windows holding a frame where ``found`` [T] is False are dropped before averaging; otherwise exactly
@@ -128,7 +129,7 @@ def score_crops(model: Any, faces: torch.Tensor, found: torch.Tensor, samples: t
     """
     found = torch.as_tensor(found, dtype=torch.bool).reshape(-1)
     _check_faces(found)
-    v, a = S.embed_clip(model, faces, samples, batch_size=batch_size, device=device)
+    v, a = S.embed_clip(model, faces, samples, batch_size=batch_size, device=device, progress=progress)
     dists = S.sync_distances(v, a, vshift)
     n = dists.shape[0]
     keep = found[:n + S.VIDEO_WINDOW - 1].unfold(0, S.VIDEO_WINDOW, 1).all(1)
@@ -143,8 +144,10 @@ def score_crops(model: Any, faces: torch.Tensor, found: torch.Tensor, samples: t
 
 def score_frames(model: Any, frames: torch.Tensor | np.ndarray, fps: float, audio: AudioClip, *,
                  boxes: torch.Tensor | None = None, found: torch.Tensor | None = None, detector: Any = None,
-                 vshift: int = 15, batch_size: int = 20, device: torch.device | str | None = None) -> SyncReport:
-    """Scores of frames in memory (uint8 [T,H,W,3] at ``fps``) and their sound.
+                 vshift: int = 15, batch_size: int = 20, device: torch.device | str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> SyncReport:
+    """Scores of frames in memory (uint8 [T,H,W,3] at ``fps``) and their sound; ``progress(done, total)`` per
+    batch of SyncNet windows.
 
     Face boxes [T,4] (x1, y1, x2, y2) with ``found`` [T] from a face track (``track.det_box``, ``track.detected``),
     or found here with ``detector`` (MTCNN, :func:`joygen_core.face.detect.load_mtcnn`) as the evaluation does.
@@ -169,7 +172,8 @@ def score_frames(model: Any, frames: torch.Tensor | np.ndarray, fps: float, audi
         boxes, found = torch.as_tensor(boxes)[index], torch.as_tensor(found, dtype=torch.bool)[index]
     _check_faces(found)
     faces = S.syncnet_face_crops(frames, S.syncnet_crop_boxes(boxes, found))
-    report = score_crops(model, faces, found, pcm16_mono(audio), vshift=vshift, batch_size=batch_size, device=device)
+    report = score_crops(model, faces, found, pcm16_mono(audio), vshift=vshift, batch_size=batch_size, device=device,
+                         progress=progress)
     return SyncReport(**{**report.to_dict(), "retimed_from": None if float(fps) == SYNCNET_FPS else float(fps)})
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..joygen_core.errors import InputError
-from .comfy import DeviceMenu, check_interrupt, choices, devices, model_store, pick, torch_device
+from .comfy import DeviceMenu, check_interrupt, choices, devices, model_store, pick, stage_progress, torch_device
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +105,12 @@ class JoyGenAdjustMotion:
 
 def _label(motion, fallback: str) -> str:
     meta = motion.meta or {}
+    adjusted = ", adjusted" if meta.get("adjusted") else ""
     if meta.get("source") == "face track":
-        return f"{fallback}: from video"
+        return f"{fallback}: from video{adjusted}"
     if "seed" in meta:
-        return f"{fallback}: from audio (seed {meta['seed']})"
-    return fallback
+        return f"{fallback}: from audio (seed {meta['seed']}){adjusted}"
+    return fallback + adjusted
 
 
 class JoyGenPlotMotion:
@@ -217,15 +218,21 @@ class JoyGenSyncScore:
 
         frames = image_to_uint8(images)
         check_interrupt()
-        if face_track is not None:
-            report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio), boxes=face_track.det_box,
-                                  found=face_track.detected, vshift=int(vshift))
-        else:
-            from ..joygen_core.face.detect import load_mtcnn
+        bar = stage_progress("sync score", desc="JoyGen Sync Score")
+        try:
+            if face_track is not None:
+                report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio),
+                                      boxes=face_track.det_box, found=face_track.detected, vshift=int(vshift),
+                                      progress=bar.for_stage("sync score"))
+            else:
+                from ..joygen_core.face.detect import load_mtcnn
 
-            device = next(syncnet.parameters()).device
-            report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio), detector=load_mtcnn(device),
-                                  vshift=int(vshift))
+                device = next(syncnet.parameters()).device
+                report = score_frames(syncnet, frames, float(fps), audio_from_comfy(audio),
+                                      detector=load_mtcnn(device), vshift=int(vshift),
+                                      progress=bar.for_stage("sync score"))
+        finally:
+            bar.close()
         text = report.summary()
         log.info("JoyGen Sync Score:\n%s", text)
         return (report.lse_d, report.lse_c, report.offset, text)

@@ -204,3 +204,13 @@ def test_adjusted_motion_is_marked():
     m = _motion()
     assert "adjusted" not in adjust_motion(m).meta
     assert adjust_motion(m, amplitude=1.5).meta["adjusted"] is True
+
+
+def test_plot_node_labels_the_adjusted_motion(pack):
+    from joygen_core.motion.adjust import adjust_motion
+    from joygen_pack.nodes.motion import _label
+
+    m = _motion()
+    m.meta = {"seed": 3}
+    assert _label(m, "motion b") == "motion b: from audio (seed 3)"
+    assert _label(adjust_motion(m, shift_frames=2), "motion") == "motion: from audio (seed 3), adjusted"

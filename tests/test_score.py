@@ -248,3 +248,14 @@ def test_score_works_when_comfyui_loads_the_pack_by_path(tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ok syncnet_v2.model custom_joygen.joygen_core.metrics.syncnet" in out.stdout
+
+
+def test_score_reports_each_batch_of_windows(shifted):
+    video = shifted[3]
+    frames = read_frames(video)
+    track = _whole_frame_track(*frames.shape[:3])
+    calls = []
+    got = score_frames(_LoudnessEmbedder(), frames, 25.0, read_audio(video), boxes=track.det_box,
+                       found=track.detected, batch_size=8, progress=lambda d, t: calls.append((d, t)))
+    n = got.windows + got.windows_left_out
+    assert calls == [(min(k + 8, n), n) for k in range(0, n, 8)]

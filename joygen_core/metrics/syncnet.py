@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -268,8 +269,9 @@ def sync_scores(dists: torch.Tensor, vshift: int = VSHIFT) -> SyncScores:
 @torch.inference_mode()
 def embed_clip(model: SyncEmbedder, faces: torch.Tensor | np.ndarray, samples: torch.Tensor,
                batch_size: int = 20, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Video and audio embeddings [n, D] (float32, CPU) of one clip.
+               dtype: torch.dtype = torch.float32, progress: Callable[[int, int], None] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Video and audio embeddings [n, D] (float32, CPU) of one clip; ``progress(done, n)`` after each batch.
 
     ``faces``: RGB uint8 face crops [T, 224, 224, 3] at 25 fps (flipped to the BGR order the official
     reads with cv2); ``samples``: 16 kHz mono audio in int16 scale (:func:`pcm16`). ``batch_size``
@@ -295,6 +297,8 @@ def embed_clip(model: SyncEmbedder, faces: torch.Tensor | np.ndarray, samples: t
         stop = min(n, start + batch_size)
         v.append(model.embed_video(clips[start:stop].to(device=device, dtype=dtype)).float().cpu())
         a.append(model.embed_audio(mfcc[start:stop].to(device=device, dtype=dtype)).float().cpu())
+        if progress is not None:
+            progress(stop, n)
     return torch.cat(v), torch.cat(a)
 
 
