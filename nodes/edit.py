@@ -237,6 +237,7 @@ class JoyGenLipSync:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..joygen_core.video.io import ENCODERS, X264_PRESETS
         from ..joygen_core.video.length import MODES
 
         return {
@@ -277,8 +278,15 @@ class JoyGenLipSync:
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Faces per UNet/VAE batch."}),
                 "chunk_frames": ("INT", {"default": 64, "min": 8, "max": 4096, "tooltip": "Frames held in memory "
                                  "at once."}),
-                "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "x264 quality of the result "
-                        "(lower is better)."}),
+                "crf": ("INT", {"default": 18, "min": 0, "max": 51, "tooltip": "Quality of the result (lower is "
+                        "better; 18 looks like the source). NVENC takes it as its constant quality."}),
+                "preset": (list(X264_PRESETS), {"default": "medium", "tooltip": "Encoder speed against file size at "
+                           "the same quality: faster presets write bigger files (x264's names; mapped to NVENC's "
+                           "p1-p7)."}),
+                "encoder": (list(ENCODERS), {"default": "auto", "tooltip": "auto: NVENC where a CUDA GPU with a "
+                            "video encoder is present, else libx264."}),
+                "pipelined": ("BOOLEAN", {"default": True, "tooltip": "Read, edit and encode at the same time "
+                              "(off: one after another; the frames are the same)."}),
             },
         }
 
@@ -293,10 +301,10 @@ class JoyGenLipSync:
     def run(self, video, audio, recon_models, whisper, edit_models, length_mode="pingpong", blend="parsing",
             seed=0, audio2motion=None, face_parser=None, face_policy="largest", reference_frame=-1,
             temperature=0.2, mouth_amp=0.45, motion_amplitude=1.0, motion_shift=0.0, batch_size=8, chunk_frames=64,
-            crf=18):
+            crf=18, preset="medium", encoder="auto", pipelined=True):
         return self._run(video, audio, recon_models, whisper, edit_models, length_mode, blend, seed, audio2motion,
                          face_parser, face_policy, reference_frame, temperature, mouth_amp, motion_amplitude,
-                         motion_shift, batch_size, chunk_frames, crf)[0]
+                         motion_shift, batch_size, chunk_frames, crf, preset, encoder, pipelined)[0]
 
     def run_node(self, **inputs):
         """ComfyUI's entry: the VIDEO, and a few frames of the result shown in the node."""
@@ -306,7 +314,7 @@ class JoyGenLipSync:
     def _run(self, video, audio, recon_models, whisper, edit_models, length_mode="pingpong", blend="parsing",
              seed=0, audio2motion=None, face_parser=None, face_policy="largest", reference_frame=-1,
              temperature=0.2, mouth_amp=0.45, motion_amplitude=1.0, motion_shift=0.0, batch_size=8,
-             chunk_frames=64, crf=18, show=0):
+             chunk_frames=64, crf=18, preset="medium", encoder="auto", pipelined=True, show=0):
         import time
 
         from ..joygen_core import pipeline
@@ -319,7 +327,8 @@ class JoyGenLipSync:
                                  reference_frame=int(reference_frame), face_policy=face_policy, seed=int(seed),
                                  temperature=float(temperature), mouth_amp=float(mouth_amp),
                                  motion_amplitude=float(motion_amplitude), motion_shift=float(motion_shift),
-                                 batch_size=int(batch_size), chunk_frames=int(chunk_frames), crf=int(crf))
+                                 batch_size=int(batch_size), chunk_frames=int(chunk_frames), crf=int(crf),
+                                 preset=preset, encoder=encoder, pipelined=bool(pipelined))
         files = {"regressor": fingerprint(recon_models.regressor), "vae": fingerprint(edit_models.vae),
                  "unet": fingerprint(edit_models.unet), "bfm": fingerprint(recon_models.bfm.meanshape)}
         if face_parser is not None:

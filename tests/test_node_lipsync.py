@@ -90,3 +90,24 @@ def test_interrupted_all_in_one_leaves_nothing(comfy, models, clip_dir, tmp_path
     assert _ours(comfy.temp) == [] and not list(comfy.temp.glob("*.png"))
     cache = tmp_path / "cache"
     assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir()]  # no partial cache entry
+
+
+def test_encoder_widgets_reach_the_library(comfy, models, clip_dir, monkeypatch):  # noqa: F811
+    """preset, encoder, crf and pipelined are passed to lip_sync as given (the library tests what they do)."""
+    import joygen_core.pipeline as pipeline
+    from joygen_pack.nodes.edit import JoyGenLipSync
+
+    seen = {}
+
+    def fake_lip_sync(src, audio, out, models, options, **kw):
+        seen["options"] = options
+        raise Interrupted()
+
+    monkeypatch.setattr(pipeline, "lip_sync", fake_lip_sync)
+    with pytest.raises(Interrupted):
+        JoyGenLipSync().run(**_inputs(models, clip_dir, MemoryVideo(clip_dir / "face.mp4")), crf=23,
+                            preset="veryfast", encoder="libx264", pipelined=False)
+    o = seen["options"]
+    assert (o.crf, o.preset, o.encoder, o.pipelined) == (23, "veryfast", "libx264", False)
+    defaults = JoyGenLipSync.INPUT_TYPES()["optional"]
+    assert defaults["preset"][1]["default"] == "medium" and defaults["encoder"][1]["default"] == "auto"

@@ -335,7 +335,7 @@ def all_in_one() -> Spec:
     note = ("**JoyGen lip sync, all in one**: the whole job in one node, streamed from the video file in "
             "chunks with a per-video cache (new audio for the same video skips the face track). Unplug "
             "audio2motion for audio-only editing.\n\n" + _COMMON_NOTE)
-    nodes.append(N(99, "MarkdownNote", (2, 600), {"text": note}, "Read me", width=WIDTH * 2 + GAP))
+    nodes.append(N(99, "MarkdownNote", (2, 680), {"text": note}, "Read me", width=WIDTH * 2 + GAP))
     groups = [("Models (models/joygen)", [3, 4, 5, 6, 7], "#8A8"),
               ("Inputs (replace the file names)", [1, 2], "#3f789e"), ("Lip sync and save", [8, 9, 99], "#88A")]
     return Spec("joygen_all_in_one", note, nodes, links, groups, routes)
