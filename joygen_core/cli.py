@@ -80,7 +80,8 @@ def _load_models(args: argparse.Namespace, store: ModelStore, device: torch.devi
                  options: LipSyncOptions) -> PipelineModels:
     from .pipeline import load_models
 
-    return load_models(store, device, _dtype(args.dtype), use_depth=options.use_depth, blend=options.blend)
+    return load_models(store, device, _dtype(args.dtype), use_depth=options.use_depth, blend=options.blend,
+                       channels_last=getattr(args, "channels_last", False), compile=getattr(args, "compile", False))
 
 
 def _progress() -> TerminalProgress:
@@ -98,6 +99,10 @@ def _add_common(p: argparse.ArgumentParser, out: bool = True) -> None:
                    help="precision of the editing networks (auto: float16 on CUDA, float32 on the CPU)")
     p.add_argument("--serial", action="store_true",
                    help="run read, networks and write one after another instead of overlapped (for comparison)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout for the VAE and UNet (often faster on recent GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the VAE and UNet (slow first batch; pays off on long videos on a GPU)")
     p.add_argument("--length", choices=LENGTH_MODES, default="pingpong", help="fit the video to the audio's length")
     p.add_argument("--audio-only", action="store_true", help="no depth: edit from the audio features alone")
     p.add_argument("--blend", choices=("parsing", "landmarks", "box"), default="parsing",

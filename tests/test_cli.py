@@ -203,15 +203,17 @@ def test_edit_settings_reach_the_options_and_the_models(media, tmp_path, monkeyp
     seen = _fake_run(monkeypatch)
     argv = ["edit", "--video", str(media / "talk.mp4"), "--audio", str(media / "talk.mp4"), "--out",
             str(tmp_path / "out.mp4"), "--crf", "23", "--preset", "slow", "--encoder", "libx264",
-            "--dtype", "bfloat16", "--serial", "--device", "cpu"]
+            "--dtype", "bfloat16", "--serial", "--device", "cpu", "--channels-last", "--compile"]
     assert main(argv) == 0
     assert seen["dtype"] == torch.bfloat16 and seen["device"] == torch.device("cpu")
+    assert seen["channels_last"] is True and seen["compile"] is True
     options = seen["options"]
     assert (options.crf, options.preset, options.encoder, options.pipelined) == (23, "slow", "libx264", False)
     assert isinstance(seen["progress"], TerminalProgress) and seen["closed"] == 1
     seen = _fake_run(monkeypatch)
     assert main(argv[:6] + [str(tmp_path / "default.mp4")]) == 0
     assert seen["dtype"] is None  # auto: the device's own choice
+    assert seen["channels_last"] is False and seen["compile"] is False
     options = seen["options"]
     assert (options.crf, options.preset, options.encoder, options.pipelined) == (18, "medium", "auto", True)
 
