@@ -13,15 +13,18 @@ iterator raise :class:`Cancelled` inside ``sink`` (so a writer removes its parti
 before the caller's exception propagates, so no thread outlives the call. Queues hold at most ``depth`` items,
 so memory stays a few items whatever the length.
 
-CPU threads: torch keeps its own intra-op pool (one thread per core, ``torch.set_num_threads`` left alone: the
-networks are the critical path, and on a GPU they barely use the CPU); the codecs run their own threads outside
-it (PyAV decodes with FFmpeg's automatic threading, x264 encodes with its default frame threads). On a CPU-only
-machine the pools then share the cores: the producer and the consumer sleep on their queues whenever they are
-ahead, so oversubscription lasts only while a codec and the networks are both busy, which is the overlap wanted.
+CPU threads: the caller's thread keeps torch's whole intra-op pool (the networks are the critical path, and on a
+GPU they barely use the CPU). Each thread that runs torch operations gets its own OpenMP team, so without a bound
+the producer and the consumer would each bring a full team (its workers spinning after every small operation)
+on top of the caller's and of the codecs' own threads (PyAV decodes with FFmpeg's automatic threading, x264
+encodes with its frame threads): on a 2-core machine that oversubscription made the pipelined run slower than the
+serial one. ``worker_threads`` bounds the producer's and the consumer's torch threads (their own OpenMP / MKL
+settings, thread-local; torch's default for threads started later is restored when they end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -62,13 +65,35 @@ def _get(q: queue.Queue, stop: threading.Event):
     return _END
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None, default: int) -> Iterator[None]:
+    """This thread's torch intra-op threads bounded to ``n`` (None: left alone) while inside.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL counts, and also the default that threads
+    doing their first torch operation later pick up: that default (``default``, read on the caller's thread before
+    any worker started) is put back on the way out.
+    """
+    if not n:
+        yield
+        return
+    import torch
+
+    torch.get_num_threads()  # torch's lazy per-thread set-up first: done later, it would undo the bound below
+    torch.set_num_threads(max(1, min(int(n), default)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default)
+
+
 def run_stages(source: Iterable[A], work: Callable[[A], B], sink: Callable[[Iterator[B]], R], *,
-               pipelined: bool = True, depth: int = 1, name: str = "joygen") -> R:
+               pipelined: bool = True, depth: int = 1, name: str = "joygen", worker_threads: int | None = None) -> R:
     """``sink(work(x) for x in source)``, the three stages overlapped when ``pipelined`` (see the module doc).
 
     ``source`` is iterated on a producer thread and ``sink`` runs on a consumer thread; ``work`` always runs on the
     calling thread. Items pass through queues of ``depth``: in flight at once are at most ``depth`` + 1 items in
-    front of ``work`` and ``depth`` + 1 behind it. Returns what ``sink`` returns.
+    front of ``work`` and ``depth`` + 1 behind it. ``worker_threads``: torch intra-op threads of the producer and
+    the consumer (None: torch's default). Returns what ``sink`` returns.
     """
     if not pipelined:
         it = iter(source)
@@ -79,6 +104,11 @@ def run_stages(source: Iterable[A], work: Callable[[A], B], sink: Callable[[Iter
                 it.close()
 
     depth = max(int(depth), 1)
+    default_threads = 0
+    if worker_threads:
+        import torch
+
+        default_threads = torch.get_num_threads()
     stop = threading.Event()  # set when the run ends, one way or another: every loop gives up
     cancelled = threading.Event()  # set when the caller gives up: the consumer's iterator raises
     ahead: queue.Queue = queue.Queue(depth)
@@ -87,6 +117,10 @@ def run_stages(source: Iterable[A], work: Callable[[A], B], sink: Callable[[Iter
     errors: list[BaseException] = []  # what the producer or the consumer raised
 
     def produce() -> None:
+        with _torch_threads(worker_threads, default_threads):
+            _produce()
+
+    def _produce() -> None:
         it = iter(source)
         try:
             for item in it:
@@ -115,7 +149,8 @@ def run_stages(source: Iterable[A], work: Callable[[A], B], sink: Callable[[Iter
 
     def consume() -> None:
         try:
-            result.append(sink(items()))
+            with _torch_threads(worker_threads, default_threads):
+                result.append(sink(items()))
         except Cancelled:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread

@@ -176,3 +176,36 @@ def test_an_interrupt_while_the_writer_is_busy_waits_for_it_and_cancels_it():
 
 def test_an_empty_source_still_runs_the_sink_once():
     assert run_stages(iter(()), lambda x: x, lambda items: list(items)) == []
+
+
+def test_worker_threads_bound_the_reader_and_writer_only():
+    """The producer and the consumer run torch with ``worker_threads``; the caller's thread keeps its pool, and
+    threads started afterwards get torch's default again."""
+    import threading
+
+    import torch
+
+    before = torch.get_num_threads()
+    seen = {}
+
+    def source():
+        seen["producer"] = torch.get_num_threads()
+        yield from range(3)
+
+    def work(x):
+        seen["caller"] = torch.get_num_threads()
+        return x
+
+    def sink(items):
+        out = list(items)
+        seen["consumer"] = torch.get_num_threads()
+        return out
+
+    assert run_stages(source(), work, sink, worker_threads=1) == [0, 1, 2]
+    assert seen == {"producer": 1, "consumer": 1, "caller": before}
+    assert torch.get_num_threads() == before
+    later = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [before]
