@@ -397,10 +397,17 @@ class VideoCache:
         return self._loaded[k]
 
     def gather(self, frames, chunk_len: int):
-        """(masked, reference latents, uint8 blend masks) of source ``frames`` in their order, chunk by chunk."""
+        """(masked, reference latents, uint8 blend masks) of source ``frames`` in their order, chunk by chunk.
+
+        Read-only: consecutive frames of one chunk come back as views of the loaded chunk."""
         import torch
 
         ks = torch.div(frames, chunk_len, rounding_mode="floor")
+        n = frames.numel()
+        if n and int(ks[0]) == int(ks[-1]) and bool((frames[1:] - frames[:-1] == 1).all()):
+            # consecutive frames of one chunk (the usual batch): views of the loaded chunk, nothing copied
+            a = int(frames[0]) - int(ks[0]) * chunk_len
+            return tuple(p[a:a + n] for p in self.chunk(int(ks[0])))
         out = None
         for k in ks.unique().tolist():
             at = (ks == k).nonzero().squeeze(1)

@@ -368,8 +368,10 @@ def _source_frames(reader, index: torch.Tensor) -> torch.Tensor:
     """Frames at ``index`` (ascending or descending runs, repeats allowed), read in as few passes as possible."""
     parts = []
     for _, start, stop, desc in _runs(index):
-        block = reader.read(start, stop)
+        block = reader.read(start, stop)  # a fresh array each call
         parts.append(block[::-1] if desc else block)
+    if len(parts) == 1 and parts[0].flags.c_contiguous:  # one forward run: the reader's array as it is
+        return torch.from_numpy(parts[0])
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts)))
 
 
@@ -525,7 +527,10 @@ class _EditStage:
                 if item.ready is not None:
                     item.ready.synchronize()
                 sel = item.sel
-                item.frames[sel] = paste_faces(item.frames[sel], item.faces, item.boxes, item.masks)
+                if sel.numel() == item.frames.shape[0]:  # every frame has a face: paste in place, no copies
+                    paste_faces(item.frames, item.faces, item.boxes, item.masks, out=item.frames)
+                else:
+                    item.frames[sel] = paste_faces(item.frames[sel], item.faces, item.boxes, item.masks)
             frames = item.frames.numpy()
             self.seconds["paste"] += time.perf_counter() - ts
             yield frames
@@ -541,6 +546,12 @@ class _EditStage:
                 self.seconds["encode"] += time.perf_counter() - ts - self.seconds["paste"]
 
         return run
+
+
+def _worker_threads() -> int:
+    """torch threads of the pipelined engine's reader and writer: half the intra-op pool (one on a 2-core machine),
+    so their OpenMP teams and the codecs' threads do not crowd out the networks on the caller's thread."""
+    return max(1, torch.get_num_threads() // 2)
 
 
 def _write_video_kwargs(write_video, options: LipSyncOptions) -> dict:
@@ -650,7 +661,7 @@ def lip_sync(video: Path | str, audio: Path | str | AudioClip, out: Path | str, 
 
         t2 = time.perf_counter()
         run_stages(stage.source(), stage.work, stage.sink(write), pipelined=options.pipelined, depth=2,
-                   name="joygen-edit")
+                   name="joygen-edit", worker_threads=_worker_threads())
         report.frames_with_face = stage.frames_with_face
         report.seconds["edit pass (wall)"] = time.perf_counter() - t2
         report.seconds.update({f"edit: {k}": v for k, v in stage.seconds.items()})

@@ -164,6 +164,10 @@ def test_cache_gathers_rows_across_chunks_in_the_asked_order(tmp_path):
     assert masks.dtype == torch.uint8 and masks.shape == (9, 6, 5)
     assert torch.equal(masked[:, 0, 0, 0], frames.float()) and torch.equal(reference[:, 1, 2, 3], -frames.float())
     assert torch.equal(masks[:, 5, 4], frames.to(torch.uint8))
+    for frames in (torch.tensor([5, 6, 7]), torch.tensor([3, 4]), torch.tensor([8])):  # one chunk, in a row: views
+        masked, reference, masks = VideoCache(tmp_path).gather(frames, chunk)
+        assert torch.equal(masked[:, 0, 0, 0], frames.float()) and torch.equal(reference[:, 1, 2, 3], -frames.float())
+        assert torch.equal(masks[:, 5, 4], frames.to(torch.uint8)) and masks.shape == (len(frames), 6, 5)
 
 
 def test_cli_edit_writes_the_video(models_dir, clip_dir, tmp_path):
