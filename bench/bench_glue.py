@@ -5,7 +5,10 @@
         and the per-video pass's face crop), with zero-cost stand-in VAE / UNet, serial and pipelined overall
     python bench/bench_glue.py overlap --height 720 --frames 100
         stand-in networks that sleep L ms a frame (the CPU is free meanwhile, as with a GPU kernel), L = the glue's
-        own serial time per frame: serial vs pipelined frames/s against min(glue fps, 1000 / L)
+        own serial time per frame: serial vs pipelined frames/s against min(glue fps, 1000 / L). A pipelined run
+        pays its fill (the first batch read and rendered before the networks start) and drain (the last batches'
+        paste and x264's lookahead flush, about 40 frames at preset medium) once: on short clips that is a visible
+        part of the time, so measure with a few hundred frames
     python bench/bench_glue.py full --frames 8
         official-size random-weight VAE + UNet on a short clip: the frames handed to the encoder are identical
         serial vs pipelined, and the times of both

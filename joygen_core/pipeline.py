@@ -430,9 +430,11 @@ class _EditStage:
         bs, opt, sec = self.batch, self.options, self.seconds
         read_len = -(-max(opt.chunk_frames, 1) // bs) * bs  # a whole number of batches per read
         with FrameReader(self.video) as reader:
-            for a in range(0, self.n_out, read_len):
+            # the first read is one batch, so the networks start at once; then whole chunks (few seeks back)
+            starts = [0, *range(bs, self.n_out, read_len)] if self.n_out else []
+            for a, a_next in zip(starts, [*starts[1:], self.n_out]):
                 ts = time.perf_counter()
-                chunk = _source_frames(reader, self.index[a:a + read_len])
+                chunk = _source_frames(reader, self.index[a:a_next])
                 sec["decode"] += time.perf_counter() - ts
                 for b in range(0, chunk.shape[0], bs):
                     at = a + b
