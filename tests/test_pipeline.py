@@ -230,9 +230,14 @@ def test_smoothing_spans_chunk_borders(models, clip_dir, tmp_path):
              cache_root=tmp_path / "cache")
     track = VideoCache(next((tmp_path / "cache").iterdir())).track()
     frames = read_frames(clip_dir / "face.mp4")  # detected in the pipeline's chunks (batch numerics), smoothed once
-    whole = smooth_detections(detect_all(iter([frames[:8], frames[8:]]), models.recon.detector), 25.0)
+    raw = detect_all(iter([frames[:8], frames[8:]]), models.recon.detector)
+    whole = smooth_detections(raw, 25.0)
+    halves = torch.cat([smooth_detections(raw.slice(0, 8), 25.0).box, smooth_detections(raw.slice(8, 16), 25.0).box])
     assert len(track) == 16 and track.meta["smoothed"]
-    assert torch.allclose(track.det_box, whole.box, atol=1e-4)  # one smoothing over all 16 frames, not 2 x 8
+    # one smoothing over all 16 frames, not 2 x 8. MTCNN's boxes move a little with the batch split and torch's
+    # thread count (seen: 0 to 0.34 px between runs), far less than smoothing per chunk moves them (2.5-3.5 px)
+    near, far = (track.det_box - whole.box).abs().max(), (track.det_box - halves).abs().max()
+    assert near < 1.0 and far > 4 * near, (near, far)
 
 
 def test_fingerprint_tells_weights_apart():
