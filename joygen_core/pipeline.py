@@ -221,18 +221,6 @@ def _heartbeat(folder: Path, progress: ProgressCallback | None, every: float = 6
     return report
 
 
-def _overlay_preview(frames: torch.Tensor, track) -> Preview:
-    """The 3DMM overlay (landmarks, five points, face box) on the last of ``frames``, drawn only when asked."""
-
-    def draw() -> np.ndarray:
-        from .morphable.reconstruct import draw_preview
-
-        last = len(track) - 1
-        return draw_preview(frames[last:], track.select([last]))[0].numpy()
-
-    return draw
-
-
 def _build_cache(folder: Path, video: Path, models: PipelineModels, options: LipSyncOptions,
                  progress: ProgressCallback | None) -> None:
     """Stage 1 over the whole video, chunk by chunk, into ``folder`` (built aside, renamed when complete).
@@ -242,7 +230,7 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
 
     from .edit import editor
     from .face.track import FaceTrack
-    from .morphable.reconstruct import detect_all, reconstruct, smooth_detections
+    from .morphable.reconstruct import detect_all, overlay_preview, reconstruct, smooth_detections
     from .video.io import iter_frames, probe_video
 
     info = probe_video(video)
@@ -282,7 +270,7 @@ def _build_cache(folder: Path, video: Path, models: PipelineModels, options: Lip
                     m = editor.blend_masks_for(fb[idx], track.box[idx], track.lm68[idx], options.blend, models.parser)
                     masks[at.numpy()] = (m.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
                 tracks.append(track)
-                progress("video", done + b + nb, max(total, done + b + nb), preview=_overlay_preview(fb, track))
+                progress("video", done + b + nb, max(total, done + b + nb), preview=overlay_preview(fb, track))
             save_file({"masked": masked.half(), "reference": reference.half()},
                       str(tmp / f"latents_{k:05d}.safetensors"))
             np.savez_compressed(tmp / f"masks_{k:05d}.npz", masks=masks)

@@ -367,15 +367,6 @@ class FileVideo:
         return types.SimpleNamespace(images=images, audio=audio, frame_rate=info.fps)
 
 
-def video_from_file(path: str | Path):
-    """A ComfyUI VIDEO value for a file (VideoFromFile), or the stand-in outside ComfyUI."""
-    try:
-        from comfy_api.input_impl import VideoFromFile  # type: ignore[import-not-found]
-    except ImportError:
-        return FileVideo(path)
-    return VideoFromFile(str(path))
-
-
 def video_in_memory(path: str | Path):
     """A VIDEO value holding the file's bytes (ComfyUI's VideoFromFile over a BytesIO, 0.3.4x and later), so the file
     can be deleted at once: nothing of ours stays in temp/ after a run."""

@@ -155,14 +155,15 @@ def reconstruct(frames: torch.Tensor | np.ndarray, detector, regressor: ReconNet
         track.box[sel] = face_box_from_lm68(lm, fallback=det.box[sel])
         if progress is not None:
             progress(n + min(i + bs, len(idx)) * n // max(len(idx), 1), 2 * n,
-                     preview=_overlay_of(frames, track, int(sel[-1])))
+                     preview=overlay_preview(frames, track, int(sel[-1])))
     if progress is not None:
         progress(2 * n, 2 * n)
     return track
 
 
-def _overlay_of(frames: torch.Tensor, track: FaceTrack, j: int) -> Callable[[], np.ndarray]:
-    """A progress preview: frame ``j`` with its landmarks, drawn only if a display asks for it."""
+def overlay_preview(frames: torch.Tensor, track: FaceTrack, j: int = -1) -> Callable[[], np.ndarray]:
+    """A progress preview: frame ``j`` (-1: the last) with its landmarks, drawn only if a display asks for it."""
+    j = j % len(track)
     return lambda: draw_preview(frames[j:j + 1], track.select([j]))[0].numpy()
 
 
